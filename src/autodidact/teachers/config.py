@@ -1,0 +1,191 @@
+"""Typed teacher settings (the Hydra group ``teacher``) and ``build_teacher``, which wires the chain.
+
+``teacher.kind`` picks the chain: ``openai``, ``anthropic``, ``failover`` (``teacher.chain`` in order),
+``offline`` (the demo pack), ``replay`` (``teacher.path``), or ``auto``: the failover chain over the
+providers that have a key, and the offline demo pack when none has one.
+Keys come from the environment (``${oc.env:OPENAI_API_KEY,null}``) and never leave the SDK clients:
+``public_config`` is the form to log, save or send to W&B.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from autodidact.errors import ConfigError
+from autodidact.teachers.distiller import CloudDistiller, DistillConfig
+from autodidact.teachers.failover import FailoverChain, FailoverPolicy
+from autodidact.teachers.offline import OFFLINE_LABEL, OfflineProvider
+from autodidact.teachers.providers import AnthropicProvider, OpenAIProvider
+from autodidact.teachers.replay import ReplayProvider
+from autodidact.teachers.transcript import Transcript
+
+log = logging.getLogger(__name__)
+
+KINDS = ("auto", "openai", "anthropic", "failover", "offline", "replay")
+CLOUD = {"openai": (OpenAIProvider, "OPENAI_API_KEY"), "anthropic": (AnthropicProvider, "ANTHROPIC_API_KEY")}
+
+
+@dataclass
+class ProviderSettings:
+    """One cloud provider's endpoint and limits."""
+
+    api_key: str | None = None
+    """Secret; set through the environment, never on the command line or in a file."""
+    base_url: str = ""
+    """Endpoint root (OpenAI: including ``/v1``; Anthropic: without it, the SDK adds ``/v1/messages``)."""
+    model: str = ""
+    """Model name sent with every request."""
+    timeout: float = 60.0
+    """Seconds to wait for one reply."""
+    max_tokens: int = 4096
+    """Reply length cap; 24+ pairs of JSON need a few thousand tokens."""
+
+
+@dataclass
+class TeacherConfig:
+    """The whole ``teacher`` config group."""
+
+    kind: str = "auto"
+    """Which chain: auto | openai | anthropic | failover | offline | replay."""
+    chain: list[str] = field(default_factory=lambda: ["openai", "anthropic"])
+    """Provider order for ``failover`` and ``auto``."""
+    openai: ProviderSettings = field(default_factory=ProviderSettings)
+    """OpenAI settings (present whichever kind is chosen)."""
+    anthropic: ProviderSettings = field(default_factory=ProviderSettings)
+    """Anthropic settings (present whichever kind is chosen)."""
+    policy: FailoverPolicy = field(default_factory=FailoverPolicy)
+    """Retries, backoff, cooldown and deadline."""
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    """How many pairs to ask for and how to check them."""
+    path: str | None = None
+    """Transcript to serve back when ``kind=replay``."""
+    pack: str | None = None
+    """Knowledge pack for ``kind=offline``; null = the shipped demo pack."""
+
+    @classmethod
+    def from_cfg(cls, cfg: TeacherConfig | DictConfig | dict) -> TeacherConfig:
+        """Build and validate from the Hydra node; one error lists every problem."""
+        if isinstance(cfg, TeacherConfig):
+            cfg.validate()
+            return cfg
+        data: Any = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        problems: list[str] = []
+        nested = {"openai": ProviderSettings, "anthropic": ProviderSettings, "policy": FailoverPolicy,
+                  "distill": DistillConfig}
+        kwargs: dict[str, Any] = {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key, value in data.items():
+            if key not in known:
+                problems.append(f"unknown key teacher.{key}")
+            elif key in nested:
+                sub = nested[key]
+                sub_known = {f.name for f in dataclasses.fields(sub)}
+                bad = sorted(set(value or {}) - sub_known)
+                problems += [f"unknown key teacher.{key}.{b}" for b in bad]
+                kwargs[key] = sub(**{k: v for k, v in (value or {}).items() if k in sub_known})
+            else:
+                kwargs[key] = value
+        if problems:
+            raise ConfigError("teacher config: " + "; ".join(problems) + f" (known keys: {sorted(known)})")
+        out = cls(**kwargs)
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        problems = []
+        if self.kind not in KINDS:
+            problems.append(f"teacher.kind must be one of {KINDS} (got {self.kind!r})")
+        bad = [c for c in self.chain if c not in CLOUD]
+        if bad:
+            problems.append(f"teacher.chain may only name {sorted(CLOUD)} (got {bad})")
+        if self.kind == "replay" and not self.path:
+            problems.append("teacher=replay needs teacher.path=FILE (a teacher_transcript.jsonl)")
+        for name in CLOUD:
+            s: ProviderSettings = getattr(self, name)
+            if self.kind in (name, "failover", "auto") and (not s.base_url or not s.model):
+                problems.append(f"teacher.{name}.base_url and teacher.{name}.model must be set")
+            if s.timeout <= 0 or s.max_tokens < 1:
+                problems.append(f"teacher.{name}.timeout and max_tokens must be positive")
+        if problems:
+            raise ConfigError("teacher config: " + "; ".join(problems))
+        self.policy.validate()
+        self.distill.validate()
+
+
+def public_config(cfg: TeacherConfig | DictConfig | dict) -> dict:
+    """The teacher config with every API key replaced by ``"***"`` (or None when unset): safe to save."""
+    data = dataclasses.asdict(TeacherConfig.from_cfg(cfg))
+    for name in CLOUD:
+        data[name]["api_key"] = "***" if data[name]["api_key"] else None
+    return data
+
+
+def secrets_of(cfg: TeacherConfig) -> list[str]:
+    """Every secret the teacher config holds, for scrubbing."""
+    return [s.api_key for s in (cfg.openai, cfg.anthropic) if s.api_key]
+
+
+def _cloud(name: str, s: ProviderSettings):
+    provider_cls, _ = CLOUD[name]
+    return provider_cls(api_key=s.api_key, base_url=s.base_url, model=s.model, timeout=s.timeout,
+                        max_tokens=s.max_tokens)
+
+
+def build_teacher(
+    cfg: TeacherConfig | DictConfig | dict,
+    transcript_path: str | os.PathLike | None = None,
+    **chain_kwargs: Any,
+) -> FailoverChain:
+    """The teacher chain for ``cfg.teacher``; every exchange is appended to ``transcript_path``.
+
+    ``chain_kwargs`` (``sleep``, ``clock``, ``rng``) exist for tests.
+    """
+    tc = TeacherConfig.from_cfg(cfg)
+    transcript = Transcript(transcript_path, secrets_of(tc)) if transcript_path is not None else None
+    kind = tc.kind
+    if kind == "offline":
+        return _offline(tc, transcript, "teacher=offline", chain_kwargs)
+    if kind == "replay":
+        # Replay serves every recorded reply without waiting: no backoff, no deadline worth having.
+        policy = FailoverPolicy(max_attempts=1000, backoff_base_s=0, backoff_max_s=0, jitter=0,
+                                cooldown_s=0, deadline_s=tc.policy.deadline_s)
+        chain = FailoverChain([ReplayProvider(tc.path)], policy, transcript, **chain_kwargs)
+        log.info("teacher: %s", chain.describe())
+        return chain
+    names = [kind] if kind in CLOUD else list(tc.chain)
+    keyed = [n for n in names if getattr(tc, n).api_key]
+    missing = [CLOUD[n][1] for n in names if n not in keyed]
+    if not keyed:
+        if kind == "auto":
+            return _offline(tc, transcript, f"no {' or '.join(missing)} set", chain_kwargs)
+        raise ConfigError(
+            f"teacher={kind} needs {' or '.join(missing)} in the environment; set it, or use "
+            "teacher=offline for the demo facts"
+        )
+    if missing:
+        log.warning("teacher: skipping %s (no %s set)", ", ".join(n for n in names if n not in keyed),
+                    " / ".join(missing))
+    chain = FailoverChain([_cloud(n, getattr(tc, n)) for n in keyed], tc.policy, transcript, **chain_kwargs)
+    log.info("teacher: %s", chain.describe())
+    return chain
+
+
+def _offline(tc: TeacherConfig, transcript: Transcript | None, why: str, chain_kwargs: dict) -> FailoverChain:
+    chain = FailoverChain([OfflineProvider(tc.pack)], FailoverPolicy(max_attempts=1), transcript,
+                          offline=True, **chain_kwargs)
+    log.info("teacher: %s (%s): these are fictional demo facts, not a cloud model", OFFLINE_LABEL, why)
+    return chain
+
+
+def build_distiller(
+    cfg: TeacherConfig | DictConfig | dict, transcript_path: str | os.PathLike | None = None, **chain_kwargs: Any
+) -> CloudDistiller:
+    """``CloudDistiller`` over ``build_teacher(cfg, transcript_path)`` with ``cfg.distill`` settings."""
+    tc = TeacherConfig.from_cfg(cfg)
+    return CloudDistiller(build_teacher(tc, transcript_path, **chain_kwargs), tc.distill)
