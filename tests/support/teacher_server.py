@@ -97,7 +97,9 @@ class TeacherServer:
     def start(self) -> TeacherServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True  # a hanging handler must not block stop()
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="teacher-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="teacher-server", daemon=True
+        )
         self._thread.start()
         return self
 

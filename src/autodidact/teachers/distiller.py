@@ -17,7 +17,7 @@ import string
 from dataclasses import asdict, dataclass, field
 
 from autodidact.errors import ConfigError
-from autodidact.teachers.errors import BadReply, TeacherError
+from autodidact.teachers.errors import BadReply
 from autodidact.teachers.failover import FailoverChain
 from autodidact.teachers.providers import Completion
 
@@ -230,7 +230,7 @@ class CloudDistiller:
                 log.info("distill round %d: %d/%d training pairs so far", rounds, len(training), cfg.n_pairs)
         assert completion is not None
         if reference is None or len(training) < cfg.min_pairs:
-            raise TeacherError(
+            raise BadReply(
                 f"after {rounds} request(s) the teacher gave only {len(training)} valid training pairs "
                 f"(need teacher.distill.min_pairs={cfg.min_pairs}); see the transcript, or lower min_pairs",
                 provider=completion.provider,
