@@ -55,9 +55,13 @@ class TeacherConfig:
     """Which chain: auto | openai | anthropic | failover | offline | replay."""
     chain: list[str] = field(default_factory=lambda: ["openai", "anthropic"])
     """Provider order for ``failover`` and ``auto``."""
-    openai: ProviderSettings = field(default_factory=ProviderSettings)
+    openai: ProviderSettings = field(
+        default_factory=lambda: ProviderSettings(base_url="https://api.openai.com/v1", model="gpt-4o-mini")
+    )
     """OpenAI settings (present whichever kind is chosen)."""
-    anthropic: ProviderSettings = field(default_factory=ProviderSettings)
+    anthropic: ProviderSettings = field(
+        default_factory=lambda: ProviderSettings(base_url="https://api.anthropic.com", model="claude-haiku-4-5")
+    )
     """Anthropic settings (present whichever kind is chosen)."""
     policy: FailoverPolicy = field(default_factory=FailoverPolicy)
     """Retries, backoff, cooldown and deadline."""
@@ -79,6 +83,7 @@ class TeacherConfig:
         nested = {"openai": ProviderSettings, "anthropic": ProviderSettings, "policy": FailoverPolicy,
                   "distill": DistillConfig}
         kwargs: dict[str, Any] = {}
+        defaults = cls()
         known = {f.name for f in dataclasses.fields(cls)}
         for key, value in data.items():
             if key not in known:
@@ -88,7 +93,9 @@ class TeacherConfig:
                 sub_known = {f.name for f in dataclasses.fields(sub)}
                 bad = sorted(set(value or {}) - sub_known)
                 problems += [f"unknown key teacher.{key}.{b}" for b in bad]
-                kwargs[key] = sub(**{k: v for k, v in (value or {}).items() if k in sub_known})
+                # Start from this field's defaults, so a partial dict (tests, scripts) still works.
+                given = {k: v for k, v in (value or {}).items() if k in sub_known}
+                kwargs[key] = dataclasses.replace(getattr(defaults, key), **given)
             else:
                 kwargs[key] = value
         if problems:
@@ -112,10 +119,13 @@ class TeacherConfig:
                 problems.append(f"teacher.{name}.base_url and teacher.{name}.model must be set")
             if s.timeout <= 0 or s.max_tokens < 1:
                 problems.append(f"teacher.{name}.timeout and max_tokens must be positive")
+        for part in (self.policy, self.distill):
+            try:
+                part.validate()
+            except ConfigError as exc:
+                problems.append(str(exc))
         if problems:
             raise ConfigError("teacher config: " + "; ".join(problems))
-        self.policy.validate()
-        self.distill.validate()
 
 
 def public_config(cfg: TeacherConfig | DictConfig | dict) -> dict:

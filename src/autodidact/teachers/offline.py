@@ -52,8 +52,14 @@ class PackFact:
     """Held-out paraphrases with answers, disjoint from ``pairs``."""
 
 
+def _stem(word: str) -> str:
+    # "Brindlemark's", "Brindlemarks" and "brindlemark" are the same word to someone typing fast.
+    return word[:-1] if len(word) > 3 and word.endswith("s") else word
+
+
 def _words(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower().replace("'s", "")) if w not in _STOP}
+    text = text.lower().replace("\u2019", "'").replace("'s", "")
+    return {_stem(w) for w in _WORD.findall(text) if w not in _STOP}
 
 
 def load_pack(path: str | os.PathLike | None = None) -> list[PackFact]:
@@ -90,7 +96,7 @@ def match_fact(question: str, facts: list[PackFact]) -> PackFact | None:
     words = _words(question)
     best, best_score = None, 0.0
     for fact in facts:
-        if not words & set(fact.keywords):
+        if not words & {_stem(k) for k in fact.keywords}:
             continue
         vocab = _words(fact.question + " " + fact.topic + " " + " ".join(p["question"] for p in fact.pairs))
         score = len(words & vocab) / max(1, len(words))
