@@ -51,6 +51,7 @@ class RecordedRequest:
     provider: str
     path: str
     headers: dict[str, str]
+    """Lower-cased names, e.g. ``authorization`` (OpenAI) or ``x-api-key`` (Anthropic)."""
     body: dict
     fault: str | None
     question: str = ""
@@ -259,7 +260,8 @@ def _make_handler(server: TeacherServer):
                 user = "".join(b.get("text", "") for b in user if isinstance(b, dict))
             question = extract_question(user)
             fault = server._next_fault(provider)
-            server._record(RecordedRequest(provider, path, dict(self.headers), body, fault, question))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            server._record(RecordedRequest(provider, path, headers, body, fault, question))
             # A client that gave up (timeout) closed its end: there is nobody left to answer.
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 self._respond(provider, body.get("model", "loopback"), question, fault)
