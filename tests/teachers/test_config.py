@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from autodidact.errors import ConfigError
-from autodidact.teachers import TeacherConfig, build_teacher, public_config
+from autodidact.teachers import TeacherConfig, build_teacher, public_config, public_run_config
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 KEY = "sk-canary-config-1234567890"
@@ -77,6 +77,9 @@ def test_public_config_hides_keys(monkeypatch):
     public = public_config(_compose().teacher)
     assert public["openai"]["api_key"] == "***" and public["anthropic"]["api_key"] is None
     assert KEY not in repr(public)
+    run = public_run_config(_compose("teacher=failover"))
+    assert run["teacher"]["openai"]["api_key"] == "***" and run["stage"] == "loop"
+    assert KEY not in repr(run)
 
 
 @pytest.mark.parametrize(

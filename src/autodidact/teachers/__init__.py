@@ -13,6 +13,7 @@ from autodidact.teachers.config import (
     build_distiller,
     build_teacher,
     public_config,
+    public_run_config,
 )
 from autodidact.teachers.distiller import CloudDistiller, DistillConfig, DistillResult, QAPair
 from autodidact.teachers.errors import (
@@ -64,4 +65,5 @@ __all__ = [
     "build_teacher",
     "load_pack",
     "public_config",
+    "public_run_config",
 ]

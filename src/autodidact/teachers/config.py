@@ -136,6 +136,15 @@ def public_config(cfg: TeacherConfig | DictConfig | dict) -> dict:
     return data
 
 
+def public_run_config(cfg: DictConfig) -> dict:
+    """The whole run config, resolved, with ``teacher`` in its ``public_config`` form: for W&B and cards."""
+    data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    assert isinstance(data, dict)
+    if "teacher" in cfg:
+        data["teacher"] = public_config(cfg.teacher)
+    return data
+
+
 def secrets_of(cfg: TeacherConfig) -> list[str]:
     """Every secret the teacher config holds, for scrubbing."""
     return [s.api_key for s in (cfg.openai, cfg.anthropic) if s.api_key]
