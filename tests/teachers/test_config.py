@@ -77,7 +77,7 @@ def test_public_config_hides_keys(monkeypatch):
     public = public_config(_compose().teacher)
     assert public["openai"]["api_key"] == "***" and public["anthropic"]["api_key"] is None
     assert KEY not in repr(public)
-    run = public_run_config(_compose("teacher=failover"))
+    run = public_run_config(_compose("teacher=failover", "logger=none"))  # no ${hydra:} outside a run
     assert run["teacher"]["openai"]["api_key"] == "***" and run["stage"] == "loop"
     assert KEY not in repr(run)
 

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from autodidact.errors import ConfigError
 from autodidact.teachers.distiller import CloudDistiller, DistillConfig
@@ -138,10 +138,13 @@ def public_config(cfg: TeacherConfig | DictConfig | dict) -> dict:
 
 def public_run_config(cfg: DictConfig) -> dict:
     """The whole run config, resolved, with ``teacher`` in its ``public_config`` form: for W&B and cards."""
-    data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-    assert isinstance(data, dict)
+    cfg = cfg.copy()
     if "teacher" in cfg:
-        data["teacher"] = public_config(cfg.teacher)
+        # Swap the redacted teacher in *before* resolving, so the key is never even read.
+        with open_dict(cfg):
+            cfg.teacher = public_config(cfg.teacher)
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
     return data
 
 
