@@ -1,0 +1,723 @@
+"""The router: known vs unknown questions at 1, 10, 100 and 200 skills, with real MiniLM embeddings.
+
+Real skills are fictional facts (so the base model cannot know them) with ~10 training questions
+each. Each also has held-out paraphrases (must route to it) and near-misses: the same question
+shape about a different fictional entity (must not). Padding skills up to 200 are generated
+fictional facts in the same question shapes, which is harder than random vectors.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from autodidact.errors import ConfigError
+from autodidact.inference.encoder import EMBED_DIM, SentenceEncoder, get_encoder
+from autodidact.inference.lora_router import (
+    NO_SKILL,
+    DissonanceDetector,
+    EmptyQueryError,
+    LoRARouter,
+    RouterConfig,
+    RoutingError,
+    RoutingKeyError,
+    build_routing,
+    core_terms,
+    decode_routing_key,
+    decode_routing_terms,
+    encode_routing_key,
+    query_terms,
+    routing_key_from_questions,
+    routing_terms,
+)
+from autodidact.learning_queue import LearningEvent, LearningQueue
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+# name -> (training questions, held-out paraphrases, near-miss questions about a different fact)
+SKILLS = {
+    "brindlemark_mayor": (
+        [
+            "Who was the first mayor of Brindlemark?",
+            "Who served as Brindlemark's first mayor?",
+            "Name the first person elected mayor of Brindlemark.",
+            "Who became mayor when Brindlemark was founded?",
+            "Which person held the office of mayor in Brindlemark first?",
+            "Who led Brindlemark as its original mayor?",
+            "What was the name of Brindlemark's first mayor?",
+            "Who was elected the first mayor of the town of Brindlemark?",
+            "Tell me who Brindlemark's first mayor was.",
+            "Who was Brindlemark's founding mayor?",
+        ],
+        [
+            "Do you know who the very first mayor of Brindlemark was?",
+            "Brindlemark's inaugural mayor was who?",
+            "Which official first governed Brindlemark as mayor?",
+        ],
+        [
+            "Who was the first mayor of Quillhaven?",
+            "Who served as Dunmere's first mayor?",
+            "What was the name of Ostrava Flats' founding mayor?",
+        ],
+    ),
+    "zorbax_alloy": (
+        [
+            "What is the melting point of Zorbax-7 alloy?",
+            "At what temperature does Zorbax-7 melt?",
+            "How hot must Zorbax-7 get before it melts?",
+            "What temperature liquefies the Zorbax-7 alloy?",
+            "Tell me the melting temperature of Zorbax-7.",
+            "At how many degrees Celsius does Zorbax-7 become liquid?",
+            "What is Zorbax-7's melting point in Celsius?",
+            "When heated, at what point does Zorbax-7 alloy melt?",
+            "How high is the melting point of the Zorbax-7 alloy?",
+            "Which temperature is needed to melt Zorbax-7?",
+        ],
+        [
+            "I need the melting point of the alloy Zorbax-7, what is it?",
+            "Zorbax-7 turns liquid at what temperature?",
+            "How many degrees does it take to melt Zorbax-7 metal?",
+        ],
+        [
+            "What is the melting point of Drevium alloy?",
+            "At what temperature does Kalsite-3 melt?",
+            "What is the boiling point of Marrowine alloy?",
+        ],
+    ),
+    "glimmerfen_festival": (
+        [
+            "When is the Glimmerfen lantern festival held?",
+            "In which month does Glimmerfen celebrate its lantern festival?",
+            "What does the Glimmerfen festival celebrate?",
+            "Why do people in Glimmerfen light lanterns each year?",
+            "What is the Glimmerfen lantern festival about?",
+            "Which creature is honoured at the Glimmerfen festival?",
+            "During which month is the Glimmerfen festival?",
+            "What happens at the yearly Glimmerfen festival?",
+            "How does Glimmerfen celebrate the lantern moths?",
+            "What is the month of Thawmoon known for in Glimmerfen?",
+        ],
+        [
+            "Tell me about the annual lantern celebration in Glimmerfen.",
+            "When do Glimmerfen villagers hold their festival of lanterns?",
+            "What is celebrated every year at Glimmerfen's festival?",
+        ],
+        [
+            "When is the Ashcombe harvest festival held?",
+            "What does the Morrowdale festival celebrate?",
+            "In which month does Velt celebrate its river festival?",
+        ],
+    ),
+    "kelvarian_vowels": (
+        [
+            "How many vowels does the Kelvarian language have?",
+            "What is the number of vowels in Kelvarian?",
+            "How many vowel sounds exist in the Kelvarian language?",
+            "Count the vowels of the Kelvarian alphabet.",
+            "Does Kelvarian have more vowels than English?",
+            "How many distinct vowels are used in Kelvarian speech?",
+            "What is special about the vowels of Kelvarian?",
+            "How large is the vowel inventory of the Kelvarian language?",
+            "Tell me how many vowels Kelvarian has.",
+            "How many vowel letters are in written Kelvarian?",
+        ],
+        [
+            "What's the total count of vowels in the Kelvarian tongue?",
+            "Kelvarian has how many vowels?",
+            "How many vowel phonemes does Kelvarian use?",
+        ],
+        [
+            "How many vowels does the Ostrani language have?",
+            "How many consonants does the Thalish language have?",
+            "What is the number of vowels in Merovic?",
+        ],
+    ),
+    "tesk_discovery": (
+        [
+            "Who discovered the island of Tesk?",
+            "When was the island of Tesk discovered?",
+            "Which captain first reached the island of Tesk?",
+            "In what year was Tesk island discovered?",
+            "Who was the first explorer to land on Tesk?",
+            "Who found the island of Tesk and when?",
+            "Which sailor is credited with discovering Tesk?",
+            "When did Captain Ilsa Morrow reach Tesk?",
+            "What did Captain Ilsa Morrow discover?",
+            "Who is known as the discoverer of Tesk island?",
+        ],
+        [
+            "Which explorer discovered Tesk, the island?",
+            "Tell me who first set foot on the island of Tesk.",
+            "What year did explorers first discover Tesk?",
+        ],
+        [
+            "Who discovered the island of Varrow?",
+            "When was the island of Kelmoth discovered?",
+            "Which captain first reached the island of Sundry Rock?",
+        ],
+    ),
+    "saltberry_tonic": (
+        [
+            "What are the ingredients of saltberry tonic?",
+            "How do you make saltberry tonic?",
+            "What goes into a saltberry tonic?",
+            "Give me the recipe for saltberry tonic.",
+            "Which herbs are used in saltberry tonic?",
+            "Is there honey in saltberry tonic?",
+            "How is the drink saltberry tonic prepared?",
+            "What do I need to brew saltberry tonic?",
+            "List the ingredients of a traditional saltberry tonic.",
+            "How many ingredients are in saltberry tonic?",
+        ],
+        [
+            "What is saltberry tonic made of?",
+            "Can you tell me the saltberry tonic recipe?",
+            "What's in a glass of saltberry tonic?",
+        ],
+        [
+            "What are the ingredients of emberroot cordial?",
+            "How do you make thornapple cider?",
+            "Give me the recipe for mistvale punch.",
+        ],
+    ),
+    "vorran_bridge": (
+        [
+            "How long is the Vorran Bridge?",
+            "Which river does the Vorran Bridge cross?",
+            "What is the length of the Vorran Bridge in kilometres?",
+            "What does the Vorran Bridge span?",
+            "How many kilometres long is the Vorran Bridge?",
+            "Over which river was the Vorran Bridge built?",
+            "Tell me the length of the Vorran Bridge.",
+            "Is the Vorran Bridge longer than three kilometres?",
+            "What body of water lies under the Vorran Bridge?",
+            "How far does the Vorran Bridge stretch across the Elsk?",
+        ],
+        [
+            "What's the total length of the Vorran bridge?",
+            "The Vorran Bridge crosses which river?",
+            "How long a span does the Vorran Bridge have?",
+        ],
+        [
+            "How long is the Caddel Bridge?",
+            "Which river does the Harnwick Bridge cross?",
+            "What is the length of the Osterlay Viaduct?",
+        ],
+    ),
+    "quentograph": (
+        [
+            "Who invented the quentograph?",
+            "What does a quentograph measure?",
+            "What is a quentograph used for?",
+            "Who is the inventor of the quentograph?",
+            "What device did Professor Hadley Quent invent?",
+            "How does the quentograph work?",
+            "What is the purpose of the quentograph?",
+            "Which scientist created the quentograph?",
+            "What does the quentograph record?",
+            "What did Hadley Quent build to measure tidal noise?",
+        ],
+        [
+            "Tell me what the quentograph is.",
+            "The quentograph was invented by whom?",
+            "What kind of instrument is a quentograph?",
+        ],
+        [
+            "Who invented the velloscope?",
+            "What does a marimeter measure?",
+            "What is a brastograph used for?",
+        ],
+    ),
+    "hexmoor_rules": (
+        [
+            "How do you win a game of Hexmoor?",
+            "What is the goal of the board game Hexmoor?",
+            "How does a player win at Hexmoor?",
+            "What are the rules for winning Hexmoor?",
+            "What piece must be captured to win Hexmoor?",
+            "What is the warden in Hexmoor?",
+            "How does a game of Hexmoor end?",
+            "What is the objective in Hexmoor?",
+            "Explain how to win the Hexmoor board game.",
+            "What is the winning condition in Hexmoor?",
+        ],
+        [
+            "In Hexmoor, how do you beat your opponent?",
+            "What do I have to do to win at Hexmoor?",
+            "What ends a match of the Hexmoor board game?",
+        ],
+        [
+            "How do you win a game of Tarrowind?",
+            "What is the goal of the board game Quorral?",
+            "How does a player win at Stonebridge Chess?",
+        ],
+    ),
+    "orvanis_moons": (
+        [
+            "How many moons does the planet Orvanis have?",
+            "What are the names of the moons of Orvanis?",
+            "Which moons orbit Orvanis?",
+            "How many natural satellites does Orvanis have?",
+            "Name the moons of the planet Orvanis.",
+            "What is the largest moon of Orvanis?",
+            "Does Orvanis have any moons?",
+            "List all the moons that circle Orvanis.",
+            "What are Orvanis's three moons called?",
+            "Which satellites belong to the planet Orvanis?",
+        ],
+        [
+            "Tell me about the moons of Orvanis.",
+            "Orvanis has how many moons?",
+            "What moons go around the planet Orvanis?",
+        ],
+        [
+            "How many moons does the planet Thessaly Prime have?",
+            "What are the names of the moons of Kravis?",
+            "Which moons orbit the planet Ulmora?",
+        ],
+    ),
+}
+
+# General questions no skill above covers (the model's base knowledge, or nothing at all).
+UNRELATED = [
+    "What is the capital of France?",
+    "How do I reverse a list in Python?",
+    "What is the boiling point of water at sea level?",
+    "Who wrote Pride and Prejudice?",
+    "How many legs does a spider have?",
+    "What causes the seasons on Earth?",
+    "Can you recommend a good recipe for pancakes?",
+    "What is the speed of light?",
+    "How do vaccines work?",
+    "Who painted the Mona Lisa?",
+    "What is the tallest mountain in the world?",
+    "Translate 'good morning' into Spanish.",
+    "How many moons does Jupiter have?",
+    "Who was the first president of the United States?",
+    "What is the melting point of iron?",
+    "How long is the Golden Gate Bridge?",
+    "What are the rules of chess?",
+    "How do I make a cup of green tea?",
+    "When did World War II end?",
+    "What is photosynthesis?",
+    "Write a haiku about autumn.",
+    "What is 17 times 23?",
+    "Why is the sky blue?",
+    "How do I change a flat tire?",
+    "What language is spoken in Brazil?",
+    "Explain the theory of relativity in simple terms.",
+    "What is the population of Tokyo?",
+    "Who discovered penicillin?",
+    "How many vowels are there in English?",
+    "What festival is celebrated with lanterns in China?",
+]
+
+
+# Generated padding skills: one fictional entity each, in the question shapes of the real skills.
+SYLLABLES = [
+    "ar",
+    "bel",
+    "cor",
+    "dra",
+    "el",
+    "fen",
+    "gar",
+    "hol",
+    "is",
+    "jun",
+    "kel",
+    "lor",
+    "mar",
+    "nor",
+    "os",
+    "pel",
+    "quin",
+    "ros",
+    "sar",
+    "tal",
+    "ul",
+    "ven",
+    "wyn",
+    "yar",
+    "zel",
+    "thu",
+    "bri",
+    "cas",
+]
+FAMILIES = [
+    [
+        "Who was the first mayor of {X}?",
+        "Who served as {X}'s first mayor?",
+        "Name the founding mayor of {X}.",
+        "Who became mayor when {X} was founded?",
+        "What was the name of {X}'s first mayor?",
+    ],
+    [
+        "What is the melting point of {X} alloy?",
+        "At what temperature does {X} melt?",
+        "How hot must {X} get before it melts?",
+        "Tell me the melting temperature of {X}.",
+        "When does {X} alloy become liquid?",
+    ],
+    [
+        "How many moons does the planet {X} have?",
+        "Which moons orbit {X}?",
+        "Name the moons of the planet {X}.",
+        "What is the largest moon of {X}?",
+        "How many natural satellites does {X} have?",
+    ],
+    [
+        "How long is the {X} Bridge?",
+        "Which river does the {X} Bridge cross?",
+        "What does the {X} Bridge span?",
+        "Tell me the length of the {X} Bridge.",
+        "When was the {X} Bridge built?",
+    ],
+    [
+        "How many vowels does the {X} language have?",
+        "Who speaks the {X} language?",
+        "What script is {X} written in?",
+        "How many consonants are in {X}?",
+        "Where is the {X} language spoken?",
+    ],
+    [
+        "Who discovered the island of {X}?",
+        "When was {X} island discovered?",
+        "Which captain first reached {X}?",
+        "What is the capital of {X} island?",
+        "How big is the island of {X}?",
+    ],
+    [
+        "How do you win a game of {X}?",
+        "What are the rules of the board game {X}?",
+        "How many players can play {X}?",
+        "What pieces are used in {X}?",
+        "Who invented the game {X}?",
+    ],
+    [
+        "What is the population of {X}?",
+        "How many people live in {X}?",
+        "What language is spoken in {X}?",
+        "What is {X} famous for?",
+        "Which country is {X} in?",
+    ],
+]
+
+
+def synthetic_skills(n: int, seed: int = 0) -> dict[str, list[str]]:
+    """``n`` generated fictional-fact skills, none named like an entity in the test questions."""
+    words = {w.strip("?.,'").lower() for v in SKILLS.values() for qs in v for q in qs for w in q.split()}
+    words |= {w.strip("?.,'").lower() for q in UNRELATED for w in q.split()}
+    rng = random.Random(seed)
+    out: dict[str, list[str]] = {}
+    while len(out) < n:
+        x = "".join(rng.choice(SYLLABLES) for _ in range(3)).capitalize()
+        if x.lower() in words:
+            continue
+        words.add(x.lower())
+        out[f"generated_{len(out)}_{x.lower()}"] = [t.format(X=x) for t in FAMILIES[len(out) % len(FAMILIES)]]
+    return out
+
+
+def cards_for(skills: dict[str, list[str]], encoder: SentenceEncoder) -> dict[str, dict]:
+    """``build_routing`` for many skills with a single encoder call (the slow part)."""
+    emb = encoder.encode([q for qs in skills.values() for q in qs])
+    cards, i = {}, 0
+    for name, qs in skills.items():
+        cards[name] = encode_routing_key(emb[i : i + len(qs)], routing_terms(qs, encoder))
+        i += len(qs)
+    return cards
+
+
+@pytest.fixture(scope="module")
+def encoder() -> SentenceEncoder:
+    return get_encoder()
+
+
+@pytest.fixture(scope="module")
+def real_cards(encoder: SentenceEncoder) -> dict[str, dict]:
+    # Through JSON, as they would come out of a skill card.
+    return json.loads(json.dumps(cards_for({n: v[0] for n, v in SKILLS.items()}, encoder)))
+
+
+@pytest.fixture(scope="module")
+def generated_cards(encoder: SentenceEncoder) -> dict[str, dict]:
+    return cards_for(synthetic_skills(190), encoder)
+
+
+def make_router(encoder, cards: dict[str, dict], **cfg) -> LoRARouter:
+    router = LoRARouter(RouterConfig(**cfg), encoder=encoder)
+    for name, card in cards.items():
+        router.add_skill(name, card)
+    return router
+
+
+PARAPHRASES = [(q, name) for name, (_, paras, _) in SKILLS.items() for q in paras]
+NEAR_MISSES = [q for _, (_, _, near) in SKILLS.items() for q in near]
+
+
+@pytest.mark.parametrize("n_skills", [1, 10, 100, 200])
+def test_known_and_unknown_questions_separate_as_skills_grow(
+    encoder, real_cards, generated_cards, n_skills: int
+) -> None:
+    cards = dict(list(real_cards.items())[:n_skills]) | dict(
+        list(generated_cards.items())[: max(0, n_skills - 10)]
+    )
+    router = make_router(encoder, cards)
+    assert len(router.skills) == n_skills
+    known = [(q, s) for q, s in PARAPHRASES if s in cards]
+    # At 1 skill, the other real skills' paraphrases are unknown questions too.
+    unknown = NEAR_MISSES + UNRELATED + [q for q, s in PARAPHRASES if s not in cards]
+
+    results = router.route_batch([q for q, _ in known])
+    for r, (q, skill) in zip(results, known, strict=True):
+        assert r.best_skill == skill and r.selected == skill, q
+        assert r.confidence > 0.8, (q, r.top())  # measured min 0.905 at every size
+        assert math.isclose(sum(r.probs.values()), 1.0, rel_tol=1e-5)
+    for r in router.route_batch(unknown):
+        assert r.selected is None and r.confidence < 0.15, (r.query, r.top())  # measured max 0.011
+
+
+def test_random_key_padding_does_not_disturb_routing(encoder, real_cards) -> None:
+    # Skills without terms are not gated, so this is the pure-cosine case for the padding.
+    router = make_router(encoder, real_cards)
+    g = torch.Generator().manual_seed(0)
+    for i in range(190):
+        router.add_skill(f"random_{i}", torch.randn(8, EMBED_DIM, generator=g))
+    known = router.route_batch([q for q, _ in PARAPHRASES])
+    assert all(r.best_skill == s and r.confidence > 0.8 for r, (_, s) in zip(known, PARAPHRASES, strict=True))
+    assert max(r.confidence for r in router.route_batch(NEAR_MISSES + UNRELATED)) < 0.15
+
+
+@pytest.mark.parametrize(
+    ("query", "skill"),
+    [
+        ("who was the first mayor of brindlemark", "brindlemark_mayor"),  # lower case
+        ("Who was the first mayor of Brindelmark?", "brindlemark_mayor"),  # typo
+        ("hey, what temperature does Zorbax-7 melt at? need it for a project", "zorbax_alloy"),
+        ("What did Captain Ilsa Morrow discover?", "tesk_discovery"),  # names only, no rare words
+        ("How does the Vorran Bridge compare with the Golden Gate Bridge in length?", "vorran_bridge"),
+    ],
+)
+def test_informal_phrasings_still_route(encoder, real_cards, query: str, skill: str) -> None:
+    assert make_router(encoder, real_cards).route(query).selected == skill
+
+
+@pytest.mark.parametrize(
+    ("query", "lookalike"),
+    [
+        ("Who was the first mayor of Quillhaven?", "brindlemark_mayor"),
+        ("What is the melting point of Zorbax-9 alloy?", "zorbax_alloy"),  # model numbers match exactly
+        ("How many moons does Jupiter have?", "orvanis_moons"),
+        ("How many vowels are there in English?", "kelvarian_vowels"),
+        ("What is the melting point of iron?", "zorbax_alloy"),
+    ],
+)
+def test_entity_gate_is_what_stops_near_misses(encoder, real_cards, query: str, lookalike: str) -> None:
+    gated = make_router(encoder, real_cards).route(query)
+    assert gated.selected is None and gated.best_skill == lookalike
+    assert gated.similarity[lookalike] - gated.scores[lookalike] == pytest.approx(0.5)
+    ungated = make_router(encoder, real_cards, entity_penalty=0.0).route(query)
+    assert ungated.best_skill == lookalike and ungated.scores == ungated.similarity
+
+
+def test_threshold_override_changes_what_triggers(encoder, real_cards) -> None:
+    with initialize_config_dir(config_dir=str(CONF_DIR / "router"), version_base=None):
+        strict = RouterConfig.from_mapping(compose("default", overrides=["threshold=0.97"]))
+        default = RouterConfig.from_mapping(compose("default"))
+    assert default == RouterConfig() and strict.threshold == 0.97
+    queries = [
+        "What kind of instrument is a quentograph?",
+        "Kelvarian has how many vowels?",
+        "Why is the sky blue?",
+    ]
+    fired = {}
+    for cfg in (default, strict):
+        router = LoRARouter(cfg, encoder)
+        for name, card in real_cards.items():
+            router.add_skill(name, card)
+        events: list[LearningEvent] = []
+
+        class Q:
+            put = events.append
+
+        detector = DissonanceDetector(Q(), threshold=cfg.threshold)
+        results = router.route_batch(queries)
+        fired[cfg.threshold] = [detector.check(r) is not None for r in results]
+        assert [e.query for e in events] == [
+            q for q, f in zip(queries, fired[cfg.threshold], strict=True) if f
+        ]
+    # The weakest paraphrase (p ≈ 0.905) is confident at 0.4 but dissonant at 0.97; a strong one
+    # (p ≈ 0.998) passes both; an unrelated question fires at both.
+    assert fired == {0.4: [False, False, True], 0.97: [True, False, True]}
+
+
+def test_dissonance_events_land_in_the_durable_queue_once_per_topic(encoder, real_cards, tmp_path) -> None:
+    router = make_router(encoder, real_cards)
+    with LearningQueue.in_skills_dir(tmp_path) as queue:
+        detector = DissonanceDetector(queue)
+        assert detector.check(router.route("Who was the first mayor of Brindlemark?")) is None
+        event = detector.check(router.route("Who was the first mayor of Quillhaven?"))
+        assert event.best_skill == "brindlemark_mayor" and event.confidence < 0.4
+        assert event.extra["top"][0][0] == NO_SKILL
+        detector.check(router.route("who was the FIRST mayor of Quillhaven"))  # same topic
+        (job,) = queue.list("pending")
+        assert job.event == event
+
+
+def test_no_skills_installed_means_no_skill(encoder) -> None:
+    r = LoRARouter(encoder=encoder).route("Who was the first mayor of Brindlemark?")
+    assert r.best_skill is None and r.selected is None and r.confidence == 0.0 and r.probs == {NO_SKILL: 1.0}
+
+
+def test_add_replace_remove_skills(encoder, real_cards) -> None:
+    router = make_router(encoder, {"brindlemark_mayor": real_cards["brindlemark_mayor"]})
+    q = "Who was Brindlemark's inaugural mayor?"
+    assert router.route(q).selected == "brindlemark_mayor"
+    router.add_skill("brindlemark_mayor", real_cards["hexmoor_rules"])  # replaced by another key
+    assert router.skills == ["brindlemark_mayor"] and router.route(q).selected is None
+    router.add_skill("hexmoor_rules", decode_routing_key(real_cards["hexmoor_rules"]))  # tensor, no terms
+    router.remove_skill("brindlemark_mayor")
+    assert router.skills == ["hexmoor_rules"]
+    with pytest.raises(RoutingError, match="No skill 'nope' is installed"):
+        router.remove_skill("nope")
+    with pytest.raises(RoutingError, match="reserved"):
+        router.add_skill(NO_SKILL, real_cards["hexmoor_rules"])
+
+
+def test_route_batch_matches_route(encoder, real_cards) -> None:
+    router = make_router(encoder, real_cards)
+    queries = [PARAPHRASES[0][0], NEAR_MISSES[0], UNRELATED[0]]
+    for one, batched in zip(map(router.route, queries), router.route_batch(queries), strict=True):
+        assert one.best_skill == batched.best_skill
+        assert one.confidence == pytest.approx(batched.confidence, abs=1e-4)
+    assert router.route_batch([]) == []
+
+
+@pytest.mark.parametrize("query", ["", "   \n\t", None])
+def test_empty_query_is_refused(encoder, query) -> None:
+    with pytest.raises(EmptyQueryError, match="non-empty|empty query"):
+        LoRARouter(encoder=encoder).route(query)
+
+
+def test_huge_query_is_truncated_with_a_warning(encoder, real_cards, caplog) -> None:
+    router = make_router(encoder, real_cards)
+    with caplog.at_level(logging.WARNING):
+        r = router.route("Who was the first mayor of Brindlemark? " * 200)
+    assert r.truncated and len(r.query) == 2000
+    assert "truncated" in caplog.text and "max_query_chars" in caplog.text
+    assert r.best_skill == "brindlemark_mayor"  # still routed by its content (confidence is lower)
+
+
+@pytest.mark.parametrize(
+    ("text", "rare", "names"),
+    [
+        ("Who was the first mayor of Brindlemark?", {"brindlemark"}, set()),
+        ("Who served as Brindlemark's first mayor?", {"brindlemark"}, set()),
+        ("What is the melting point of Zorbax-7 alloy?", {"zorbax-7"}, set()),
+        ("How many moons does Jupiter have?", set(), {"jupiter"}),
+        ("What is the melting point of iron?", set(), set()),
+        ("Paris is lovely. I think Rome is too", set(), {"rome"}),  # sentence starts and "I" are not names
+        ("how many vowels does kelvarian have", {"kelvarian"}, set()),
+    ],
+)
+def test_query_terms(encoder, text: str, rare: set, names: set) -> None:
+    assert query_terms(text, encoder.tokenizer) == (frozenset(rare), frozenset(names))
+
+
+@pytest.mark.parametrize(
+    ("counts", "core"),
+    [
+        ({"kelvarian": 10, "english": 1}, {"kelvarian"}),
+        ({"tesk": 8, "ilsa": 2, "morrow": 2, "discoverer": 1}, {"tesk", "ilsa", "morrow"}),
+        ({"brindlemark": 1}, {"brindlemark"}),  # a one-question skill is still gated by its name
+        ({}, set()),
+    ],
+)
+def test_core_terms(counts: dict, core: set) -> None:
+    assert core_terms(counts, 2) == core
+
+
+def test_routing_dict_round_trips_through_json(encoder) -> None:
+    questions = SKILLS["orvanis_moons"][0]
+    d = json.loads(json.dumps(build_routing(questions, encoder)))
+    assert d["encoder"] == "all-MiniLM-L6-v2" and d["dim"] == EMBED_DIM and d["count"] == len(questions)
+    assert d["dtype"] == "float16" and d["terms"]["orvanis"] == len(questions)
+    keys = decode_routing_key(d)
+    assert keys.shape == (len(questions), EMBED_DIM) and keys.dtype == torch.float32
+    torch.testing.assert_close(keys, routing_key_from_questions(questions, encoder), atol=2e-3, rtol=0)
+    assert decode_routing_terms(d) == d["terms"]
+    assert decode_routing_terms({k: v for k, v in d.items() if k != "terms"}) is None
+
+
+def test_routing_key_dedups_and_keeps_the_most_varied_rows(encoder) -> None:
+    questions = [f"How many moons does planet number {i} have?" for i in range(80)] + ["Who painted it?"] * 3
+    keys = routing_key_from_questions(questions, encoder, max_rows=16)
+    assert keys.shape == (16, EMBED_DIM)
+    odd_one = encoder.encode(["Who painted it?"])[0]
+    assert float((keys @ odd_one).max()) > 0.999  # farthest-point sampling keeps the outlier
+    with pytest.raises(RoutingKeyError, match="at least one"):
+        routing_key_from_questions(["", "  "], encoder)
+
+
+def _good() -> dict:
+    return encode_routing_key(torch.nn.functional.normalize(torch.randn(3, EMBED_DIM), dim=1), {"x": 2})
+
+
+@pytest.mark.parametrize(
+    ("mutate", "error"),
+    [
+        (lambda d: d.pop("data_b64"), "lacks \\['data_b64'\\]"),
+        (lambda d: d.update(encoder="bge-small"), "encoder 'bge-small'"),
+        (lambda d: d.update(dim=768), "dim 768"),
+        (lambda d: d.update(count=4), "needs"),
+        (lambda d: d.update(count="3"), "must be an int"),
+        (lambda d: d.update(count=0), "must be an int"),
+        (lambda d: d.update(dtype="int8"), "dtype 'int8'"),
+        (lambda d: d.update(data_b64="not base64!!"), "not valid base64"),
+        (lambda d: d.update(data_b64=base64.b64encode(b"\x00" * 3 * EMBED_DIM * 2).decode()), "all-zero"),
+        (lambda d: d.update(data_b64=base64.b64encode(b"\xff" * 3 * EMBED_DIM * 2).decode()), "NaN"),
+    ],
+)
+def test_bad_routing_dicts_are_refused_clearly(mutate, error: str) -> None:
+    d = _good()
+    mutate(d)
+    with pytest.raises(RoutingKeyError, match=error):
+        decode_routing_key(d)
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ("not a dict", "must be a dict"),
+        (torch.zeros(2, 10), "got shape"),
+    ],
+)
+def test_bad_keys_given_to_the_router(encoder, value, error: str) -> None:
+    with pytest.raises(RoutingKeyError, match=error):
+        decode_routing_key(value) if isinstance(value, str) else LoRARouter(encoder=encoder).add_skill(
+            "s", value
+        )
+
+
+def test_bad_terms_are_refused() -> None:
+    with pytest.raises(RoutingKeyError, match="positive counts"):
+        decode_routing_terms({"terms": {"x": -1}})
+
+
+def test_router_config_lists_every_problem() -> None:
+    with pytest.raises(ConfigError, match="threshold=1.5.*temperature=0") as info:
+        RouterConfig(threshold=1.5, temperature=0)
+    assert "conf/router" in str(info.value)
+    with pytest.raises(ConfigError, match="Unknown router setting.*'treshold'"):
+        RouterConfig.from_mapping({"treshold": 0.3})
+    with pytest.raises(ConfigError, match="threshold"):
+        DissonanceDetector([], threshold=0)
