@@ -77,7 +77,9 @@ class LearningEvent:
         if not self.topic:
             object.__setattr__(self, "topic", topic_key(self.query))
         if not self.topic:
-            raise QueueError(f"Learning event for {self.query!r} has an empty topic; give it a non-empty query.")
+            raise QueueError(
+                f"Learning event for {self.query!r} has an empty topic; give it a non-empty query."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -47,9 +47,21 @@ def test_padding_and_batching_do_not_change_embeddings(encoder: SentenceEncoder)
 @pytest.mark.parametrize(
     ("anchor", "close", "far"),
     [
-        ("Who was the first mayor of Brindlemark?", "Who served as Brindlemark's first mayor?", "How do I bake bread?"),
-        ("What is the melting point of Zorbax-7?", "At what temperature does Zorbax-7 melt?", "Who wrote Hamlet?"),
-        ("How do I reverse a list in Python?", "Python: reverse the order of a list", "When is the Glimmerfen festival?"),
+        (
+            "Who was the first mayor of Brindlemark?",
+            "Who served as Brindlemark's first mayor?",
+            "How do I bake bread?",
+        ),
+        (
+            "What is the melting point of Zorbax-7?",
+            "At what temperature does Zorbax-7 melt?",
+            "Who wrote Hamlet?",
+        ),
+        (
+            "How do I reverse a list in Python?",
+            "Python: reverse the order of a list",
+            "When is the Glimmerfen festival?",
+        ),
     ],
 )
 def test_paraphrases_are_closer_than_unrelated_text(encoder: SentenceEncoder, anchor, close, far) -> None:
