@@ -1,0 +1,289 @@
+"""``.lora.arrow`` skill cards: one LoRA adapter plus everything needed to trust and route it.
+
+An Arrow IPC *file* (``pyarrow.ipc.new_file``), one row per tensor:
+
+    name   string          qualified layer path + ".lora_A" | ".lora_B"
+    shape  list<int64>     (r, in) for lora_A, (out, r) for lora_B
+    dtype  string          float16 | bfloat16 | float32
+    data   binary          raw little-endian bytes, row-major
+
+Schema metadata key ``autodidact`` holds a JSON object: ``format_version``, ``skill``,
+``base_model`` {name, fingerprint}, ``lora`` {r, alpha, target_modules}, ``train`` {loss_initial,
+loss_final, steps, seconds, ...}, ``created_at``, and optional blocks such as ``routing``.
+
+No pickle anywhere: a card is data, so loading a hostile one can at worst be refused. Writes go
+through a temp file and a rename, so a reader (or a crash) never sees half a card. Every check a
+load makes raises :class:`CardError` naming the file and what to do, never an error from inside
+torch or Arrow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn as nn
+
+from autodidact.errors import AutodidactError
+from autodidact.fileio import atomic_write_bytes
+from autodidact.inference.lora_layer import LoRALinear, inject_lora
+
+FORMAT_VERSION = 1
+META_KEY = b"autodidact"
+SUFFIX = ".lora.arrow"
+MAX_CARD_BYTES = 10 * 1024 * 1024  # the requirements' storage limit per card
+
+# name -> (torch dtype, numpy little-endian dtype used to move the bytes)
+DTYPES: dict[str, tuple[torch.dtype, str]] = {
+    "float16": (torch.float16, "<f2"),
+    "bfloat16": (torch.bfloat16, "<i2"),  # numpy has no bfloat16: move the bit pattern as int16
+    "float32": (torch.float32, "<f4"),
+}
+SCHEMA = pa.schema(
+    [
+        ("name", pa.string()),
+        ("shape", pa.list_(pa.int64())),
+        ("dtype", pa.string()),
+        ("data", pa.binary()),
+    ]
+)
+REQUIRED_META = ("format_version", "skill", "base_model", "lora", "train", "created_at")
+
+
+class CardError(AutodidactError):
+    """A card is unreadable, corrupt, too large, or does not fit the model it is loaded into."""
+
+    def __init__(self, path: str | os.PathLike | None, problem: str) -> None:
+        self.path = str(path) if path is not None else None
+        self.problem = problem
+        where = f"skill card {self.path}" if self.path else "skill card"
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass
+class Card:
+    """A decoded card: its metadata and its tensors (``name -> tensor``, stored dtype)."""
+
+    path: Path | None
+    meta: dict
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def skill(self) -> str:
+        return self.meta["skill"]
+
+    @property
+    def layers(self) -> list[str]:
+        """Qualified names of the layers the adapter attaches to."""
+        return sorted({n.rsplit(".", 1)[0] for n in self.tensors})
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(t.numel() for t in self.tensors.values())
+
+
+# -- write ---------------------------------------------------------------------------------------
+def _to_bytes(t: torch.Tensor, dtype: str) -> bytes:
+    tdt, npdt = DTYPES[dtype]
+    t = t.detach().to("cpu", tdt).contiguous()
+    arr = t.view(torch.int16).numpy() if dtype == "bfloat16" else t.numpy()
+    return arr.astype(npdt, copy=False).tobytes()
+
+
+def encode_card(state: dict[str, torch.Tensor], meta: dict, dtype: str = "float16") -> bytes:
+    """Serialise an adapter state dict and its metadata to card bytes."""
+    if dtype not in DTYPES:
+        raise CardError(None, f"cannot store dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    for name, t in state.items():
+        if not name.endswith((".lora_A", ".lora_B")):
+            raise CardError(None, f"tensor {name!r} is not a LoRA tensor (must end in .lora_A or .lora_B)")
+        if not torch.isfinite(t).all():
+            raise CardError(None, f"tensor {name!r} holds NaN or Inf; refusing to export a broken adapter")
+    meta = {"format_version": FORMAT_VERSION, "created_at": datetime.now(UTC).isoformat(timespec="seconds"), **meta}
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise CardError(None, f"metadata lacks {missing}")
+    names = sorted(state)
+    table = pa.table(
+        {
+            "name": pa.array(names, pa.string()),
+            "shape": pa.array([list(state[n].shape) for n in names], pa.list_(pa.int64())),
+            "dtype": pa.array([dtype] * len(names), pa.string()),
+            "data": pa.array([_to_bytes(state[n], dtype) for n in names], pa.binary()),
+        },
+        schema=SCHEMA.with_metadata({META_KEY: json.dumps(meta, ensure_ascii=False).encode()}),
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def write_card(path: str | os.PathLike, state: dict[str, torch.Tensor], meta: dict, dtype: str = "float16") -> Path:
+    """Encode and write atomically (temp file + fsync + rename). Refuses cards over the size limit."""
+    path = Path(path)
+    if not path.name.endswith(SUFFIX):
+        raise CardError(path, f"card file names end in {SUFFIX}")
+    data = encode_card(state, meta, dtype)
+    if len(data) > MAX_CARD_BYTES:
+        raise CardError(path, f"would be {len(data) / 2**20:.1f} MB, over the {MAX_CARD_BYTES / 2**20:.0f} MB "
+                              "limit; lower lora.r or target fewer modules")
+    return atomic_write_bytes(path, data)
+
+
+# -- read ----------------------------------------------------------------------------------------
+def read_card(path: str | os.PathLike, max_bytes: int = MAX_CARD_BYTES) -> Card:
+    """Read and check a card on its own (format, metadata, dtypes, byte counts). No model needed."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise CardError(path, f"cannot be read ({e.strerror}); check the path") from None
+    if size > max_bytes:
+        raise CardError(path, f"is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB card limit; "
+                              "it is not a card this system wrote (or was trained with a huge rank)")
+    try:
+        blob = path.read_bytes()
+        reader = pa.ipc.open_file(pa.BufferReader(blob))
+        table = reader.read_all()
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise CardError(path, f"is corrupt or truncated, not an Arrow IPC file ({_short(e)}); delete it "
+                              "and let the skill be learned again") from None
+    return _decode(path, table)
+
+
+def decode_card(data: bytes, path: str | os.PathLike | None = None) -> Card:
+    try:
+        table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise CardError(path, f"is corrupt or truncated ({_short(e)})") from None
+    return _decode(Path(path) if path else None, table)
+
+
+def _short(e: Exception) -> str:
+    s = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return s[:160]
+
+
+def _decode(path: Path | None, table: pa.Table) -> Card:
+    raw = (table.schema.metadata or {}).get(META_KEY)
+    if raw is None:
+        raise CardError(path, "has no 'autodidact' metadata; it is an Arrow file but not a skill card")
+    try:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CardError(path, "metadata is not valid JSON (the file is damaged)") from None
+    if not isinstance(meta, dict):
+        raise CardError(path, "metadata is not a JSON object")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CardError(path, f"format_version {version!r} is not supported (this autodidact reads "
+                              f"version {FORMAT_VERSION}); upgrade autodidact or re-export the card")
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise CardError(path, f"metadata lacks {', '.join(missing)}")
+    if not isinstance(meta["skill"], str) or not meta["skill"]:
+        raise CardError(path, "metadata 'skill' must be a non-empty string")
+    bm, lo = meta["base_model"], meta["lora"]
+    if not isinstance(bm, dict) or not isinstance(bm.get("fingerprint"), str):
+        raise CardError(path, "metadata 'base_model' must hold a 'fingerprint' string")
+    if not isinstance(lo, dict) or not isinstance(lo.get("r"), int) or not isinstance(lo.get("alpha"), (int, float)):
+        raise CardError(path, "metadata 'lora' must hold integer 'r' and numeric 'alpha'")
+    if lo["r"] < 1 or not math.isfinite(lo["alpha"]):
+        raise CardError(path, f"metadata 'lora' has r={lo['r']}, alpha={lo['alpha']}")
+    if [(f.name, str(f.type)) for f in table.schema] != [(f.name, str(f.type)) for f in SCHEMA]:
+        raise CardError(path, f"columns are {table.schema.names}, expected name, shape, dtype, data")
+
+    tensors: dict[str, torch.Tensor] = {}
+    for row in table.to_pylist():
+        name, shape, dtype, data = row["name"], row["shape"], row["dtype"], row["data"]
+        if not isinstance(name, str) or not name.endswith((".lora_A", ".lora_B")):
+            raise CardError(path, f"row {name!r} is not a LoRA tensor (names end in .lora_A or .lora_B)")
+        if name in tensors:
+            raise CardError(path, f"tensor {name!r} appears twice")
+        if dtype not in DTYPES:
+            raise CardError(path, f"tensor {name!r} has dtype {dtype!r}; supported: {', '.join(DTYPES)}")
+        if not shape or len(shape) != 2 or any(s is None or s < 1 for s in shape):
+            raise CardError(path, f"tensor {name!r} has shape {shape}; LoRA tensors are 2-D")
+        tdt, npdt = DTYPES[dtype]
+        expected = shape[0] * shape[1] * np.dtype(npdt).itemsize
+        if data is None or len(data) != expected:
+            raise CardError(path, f"tensor {name!r}: {0 if data is None else len(data)} bytes of data, shape "
+                                  f"{shape} {dtype} needs {expected}; the card is damaged")
+        arr = np.frombuffer(data, dtype=npdt).reshape(shape)
+        t = torch.from_numpy(arr.copy())
+        t = t.view(torch.bfloat16) if dtype == "bfloat16" else t.to(tdt)
+        if not torch.isfinite(t).all():
+            raise CardError(path, f"tensor {name!r} holds NaN or Inf")
+        tensors[name] = t
+    if not tensors:
+        raise CardError(path, "holds no tensors")
+    r = lo["r"]
+    for name, t in tensors.items():
+        layer, kind = name.rsplit(".", 1)
+        twin = f"{layer}.{'lora_B' if kind == 'lora_A' else 'lora_A'}"
+        if twin not in tensors:
+            raise CardError(path, f"{name} has no matching {twin}")
+        rank_dim = t.shape[0] if kind == "lora_A" else t.shape[1]
+        if rank_dim != r:
+            raise CardError(path, f"tensor {name} has rank {rank_dim}, metadata says r={r}")
+    return Card(path=path, meta=meta, tensors=tensors)
+
+
+# -- fit to a model --------------------------------------------------------------------------------
+def check_card_fits(card: Card, model: nn.Module, fingerprint: str) -> None:
+    """Refuse a card trained on other base weights, or whose tensors don't match the model's layers."""
+    want = card.meta["base_model"]["fingerprint"]
+    if want != fingerprint:
+        name = card.meta["base_model"].get("name", "?")
+        raise CardError(card.path, f"was trained on base model {name!r} ({want}), but the loaded base model "
+                                   f"has fingerprint {fingerprint}; load it with the model it was trained on, "
+                                   "or retrain the skill")
+    modules = dict(model.named_modules())
+    for name, t in card.tensors.items():
+        layer, kind = name.rsplit(".", 1)
+        m = modules.get(layer)
+        base = m.base_layer if isinstance(m, LoRALinear) else m
+        if not isinstance(base, nn.Linear):
+            raise CardError(card.path, f"tensor {name}: the model has no linear layer {layer!r}")
+        r = card.meta["lora"]["r"]
+        expected = (r, base.in_features) if kind == "lora_A" else (base.out_features, r)
+        if tuple(t.shape) != expected:
+            raise CardError(card.path, f"tensor {name} has shape {tuple(t.shape)}, the model's layer needs {expected}")
+
+
+@torch.no_grad()
+def attach_card(card: Card, model: nn.Module, fingerprint: str, adapter_name: str | None = None) -> str:
+    """Check ``card`` against ``model`` and add it as adapter ``adapter_name`` (default: the skill).
+
+    The adapter's weights are copied into new LoRA parameters; base weights are untouched.
+    """
+    check_card_fits(card, model, fingerprint)
+    name = adapter_name or card.skill
+    taken = [n for n, m in model.named_modules() if isinstance(m, LoRALinear) and name in m.lora_A]
+    if taken:
+        raise CardError(card.path, f"adapter {name!r} is already loaded; unload it before loading it again")
+    lo = card.meta["lora"]
+    inject_lora(model, card.layers, r=lo["r"], alpha=lo["alpha"], dropout=0.0, adapter_name=name)
+    modules = dict(model.named_modules())
+    for tname, t in card.tensors.items():
+        layer, kind = tname.rsplit(".", 1)
+        m: LoRALinear = modules[layer]
+        param = getattr(m, kind)[name]
+        param.copy_(t.to(param.dtype))
+        param.requires_grad = False
+    return name
+
+
+def load_card(path: str | os.PathLike, model: nn.Module, fingerprint: str, adapter_name: str | None = None) -> Card:
+    """Read, check and attach a card file; returns the decoded card."""
+    card = read_card(path)
+    attach_card(card, model, fingerprint, adapter_name)
+    return card

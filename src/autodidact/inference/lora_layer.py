@@ -1,0 +1,218 @@
+r"""LoRA: a low-rank update beside a frozen linear layer.
+
+    x ──► base_layer (W, frozen) ───────────────────────┐
+    │                                                    ▼
+    └──► dropout ──► lora_A (r × in) ──► lora_B (out × r) ──► × (alpha / r) ──► (+) ──► y
+
+    y = x Wᵀ + b + (alpha / r) · dropout(x) Aᵀ Bᵀ
+
+``lora_A`` starts Kaiming-uniform and ``lora_B`` at zero, so a freshly injected adapter is the
+identity: the model's outputs do not move until training moves B. Only parameters whose name
+contains ``lora_`` are trainable (:func:`mark_only_lora_as_trainable`), which is the whole of the
+"frozen base model" guarantee.
+
+Adapters are keyed by name (PEFT's convention) so one base model can hold many skills and switch
+between them with :meth:`LoRALinear.set_adapter` without copying a single base weight. The wrapper
+keeps the original module as ``base_layer`` — the same object, never a copy — and the module paths
+(``...self_attn.q_proj.lora_A.<adapter>``) mirror PEFT's, so a PEFT export is a rename.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from autodidact.errors import AutodidactError
+
+
+class LoRAError(AutodidactError):
+    """An adapter operation was asked for something impossible (unknown adapter, bad merge)."""
+
+
+class LoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus any number of named low-rank adapters, one active at a time."""
+
+    def __init__(self, base_layer: nn.Linear) -> None:
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"LoRALinear wraps nn.Linear, got {type(base_layer).__name__}")
+        self.base_layer = base_layer
+        self.in_features = base_layer.in_features
+        self.out_features = base_layer.out_features
+        self.lora_A = nn.ParameterDict()  # name -> (r, in)
+        self.lora_B = nn.ParameterDict()  # name -> (out, r)
+        self.lora_dropout = nn.ModuleDict()
+        self.scaling: dict[str, float] = {}
+        self.r: dict[str, int] = {}
+        self.active_adapter: str | None = None
+        self.merged_adapters: list[str] = []
+        self.disabled = False
+
+    # -- adapter bookkeeping -------------------------------------------------------------------
+    def add_adapter(self, name: str, r: int, alpha: float, dropout: float = 0.0) -> None:
+        """Create adapter ``name`` (identity at init) and make it active."""
+        if r <= 0:
+            raise LoRAError(f"LoRA rank must be positive, got r={r}")
+        if name in self.lora_A:
+            raise LoRAError(f"adapter {name!r} already exists on this layer; delete it first")
+        w = self.base_layer.weight
+        a = torch.empty(r, self.in_features, device=w.device, dtype=torch.float32)
+        # Same init as nn.Linear / PEFT: Kaiming-uniform A, zero B => the update B·A starts at 0.
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        self.lora_A[name] = nn.Parameter(a.to(w.dtype))
+        self.lora_B[name] = nn.Parameter(torch.zeros(self.out_features, r, device=w.device, dtype=w.dtype))
+        self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.scaling[name] = alpha / r
+        self.r[name] = r
+        self.active_adapter = name
+
+    def delete_adapter(self, name: str) -> None:
+        self._check(name)
+        if name in self.merged_adapters:
+            self.unmerge(name)
+        del self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
+        del self.scaling[name], self.r[name]
+        if self.active_adapter == name:
+            self.active_adapter = None
+
+    def set_adapter(self, name: str | None) -> None:
+        """Route through adapter ``name``; ``None`` means the bare base layer."""
+        if name is not None:
+            self._check(name)
+        self.active_adapter = name
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self.lora_A.keys())
+
+    def _check(self, name: str) -> None:
+        if name not in self.lora_A:
+            raise LoRAError(f"no adapter {name!r} on this layer (have: {self.adapters or 'none'})")
+
+    # -- merge ---------------------------------------------------------------------------------
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """(out, in) update that the adapter adds to ``base_layer.weight``."""
+        self._check(name)
+        a, b = self.lora_A[name], self.lora_B[name]
+        return (b.float() @ a.float()) * self.scaling[name]
+
+    @torch.no_grad()
+    def merge(self, name: str | None = None) -> None:
+        """Fold adapter ``name`` (default: active) into the base weight. Idempotent; refuses NaN/Inf."""
+        name = name or self.active_adapter
+        if name is None or name in self.merged_adapters:
+            return
+        delta = self.delta_weight(name)
+        if not torch.isfinite(delta).all():
+            raise LoRAError(f"refusing to merge adapter {name!r}: its update contains NaN or Inf")
+        w = self.base_layer.weight
+        merged = w.float() + delta
+        if not torch.isfinite(merged).all():
+            raise LoRAError(f"refusing to merge adapter {name!r}: the merged weight overflows {w.dtype}")
+        w.copy_(merged.to(w.dtype))
+        self.merged_adapters.append(name)
+
+    @torch.no_grad()
+    def unmerge(self, name: str | None = None) -> None:
+        """Undo :meth:`merge`. Idempotent."""
+        names = [name] if name else list(self.merged_adapters)
+        for n in names:
+            if n not in self.merged_adapters:
+                continue
+            w = self.base_layer.weight
+            w.copy_((w.float() - self.delta_weight(n)).to(w.dtype))
+            self.merged_adapters.remove(n)
+
+    # -- forward -------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        name = self.active_adapter
+        if self.disabled or name is None or name in self.merged_adapters:
+            return result
+        a, b = self.lora_A[name], self.lora_B[name]
+        h = self.lora_dropout[name](x).to(a.dtype)
+        # (B, T, in) -> (B, T, r) -> (B, T, out); two skinny matmuls, never the (out, in) product.
+        return result + F.linear(F.linear(h, a), b).to(result.dtype) * self.scaling[name]
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, adapters={self.adapters}, active={self.active_adapter}"
+
+
+# -- model-level helpers -------------------------------------------------------------------------
+def inject_lora(
+    model: nn.Module,
+    targets: Iterable[str],
+    r: int,
+    alpha: float,
+    dropout: float = 0.0,
+    adapter_name: str = "default",
+) -> list[str]:
+    """Wrap every ``nn.Linear`` whose last name component (or full name) is in ``targets``, add an adapter.
+
+    Layers that are already :class:`LoRALinear` get the new adapter beside their old ones.
+    Returns the qualified names of the layers that carry the adapter, in module order.
+    """
+    targets = set(targets)
+    touched: list[str] = []
+    for qname, module in list(model.named_modules()):
+        leaf = qname.rsplit(".", 1)[-1]
+        if leaf not in targets and qname not in targets:
+            continue
+        if isinstance(module, LoRALinear):
+            layer = module
+        elif isinstance(module, nn.Linear):
+            layer = LoRALinear(module)
+            parent = model.get_submodule(qname.rsplit(".", 1)[0]) if "." in qname else model
+            setattr(parent, leaf, layer)
+        else:
+            continue
+        layer.add_adapter(adapter_name, r=r, alpha=alpha, dropout=dropout)
+        touched.append(qname)
+    if not touched:
+        raise LoRAError(
+            f"no nn.Linear named any of {sorted(targets)} in {type(model).__name__}; "
+            "set lora.target_modules to names that exist (e.g. q_proj, v_proj)"
+        )
+    return touched
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def set_adapter(model: nn.Module, name: str | None) -> None:
+    """Activate adapter ``name`` (or none) on every LoRA layer that has it; others fall back to none."""
+    for layer in lora_layers(model).values():
+        layer.set_adapter(name if (name is None or name in layer.lora_A) else None)
+
+
+def delete_adapter(model: nn.Module, name: str) -> None:
+    for layer in lora_layers(model).values():
+        if name in layer.lora_A:
+            layer.delete_adapter(name)
+
+
+def mark_only_lora_as_trainable(model: nn.Module, adapter_name: str | None = None) -> int:
+    """Freeze everything except ``lora_`` parameters (of one adapter, if named).
+
+    Returns the trainable parameter count.
+    """
+    n = 0
+    for pname, p in model.named_parameters():
+        p.requires_grad = "lora_" in pname and (adapter_name is None or pname.endswith(f".{adapter_name}"))
+        n += p.numel() if p.requires_grad else 0
+    return n
+
+
+def lora_state_dict(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
+    """``{'<layer path>.lora_A': (r, in), '<layer path>.lora_B': (out, r)}`` for one adapter."""
+    out: dict[str, torch.Tensor] = {}
+    for qname, layer in lora_layers(model).items():
+        if adapter_name in layer.lora_A:
+            out[f"{qname}.lora_A"] = layer.lora_A[adapter_name].detach()
+            out[f"{qname}.lora_B"] = layer.lora_B[adapter_name].detach()
+    return out
