@@ -96,6 +96,13 @@ class SentenceEncoder:
         # Tokenizers and torch modules are not documented as thread-safe; serialise calls.
         self._lock = threading.Lock()
 
+    def tokenize(self, text: str) -> list[str]:
+        """WordPiece pieces of ``text`` (the router uses them to spot rare words)."""
+        # Under the lock: a fast tokenizer's state is mutated by encode()'s padding/truncation
+        # settings, and concurrent use fails with "Already borrowed".
+        with self._lock:
+            return self.tokenizer.tokenize(text)
+
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> torch.Tensor:
         """Embed ``texts`` into a (N, 384) float32 tensor with unit-length rows."""

@@ -175,7 +175,7 @@ def routing_terms(questions: Iterable[str], encoder: SentenceEncoder) -> dict[st
     """For each distinctive term, the number of ``questions`` that contain it."""
     counts: Counter[str] = Counter()
     for q in questions:
-        rare, names = query_terms(q, encoder.tokenizer)
+        rare, names = query_terms(q, encoder)
         counts.update(rare | names)
     return dict(sorted(counts.items()))
 
@@ -468,7 +468,7 @@ class LoRARouter:
         score = sim.clone()
         if cfg.entity_penalty > 0 and S:
             for b, text in enumerate(texts):
-                named = _named_mask(*query_terms(text, self.encoder.tokenizer), index)
+                named = _named_mask(*query_terms(text, self.encoder), index)
                 score[b] -= cfg.entity_penalty * (index.gated & ~named).float()
         null = torch.full((B, 1), cfg.novelty_floor)
         probs = torch.softmax(torch.cat([score, null], dim=1) / cfg.temperature, dim=1)  # (B, S+1)
