@@ -1,0 +1,75 @@
+"""``train.py``'s work as a plain function: QA pairs -> trained adapter -> ``.lora.arrow`` card."""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from autodidact.config import to_dataclass
+from autodidact.data import load_pairs
+from autodidact.lora_trainer import LoRAConfig, LoRATrainer, TrainConfig, TrainResult
+from autodidact.models import ModelBundle, configure_threads, load_model
+
+log = logging.getLogger(__name__)
+
+
+def example_data_path() -> Path:
+    """The shipped example set: 22 QA pairs about a fictional lighthouse no model can know."""
+    return Path(str(importlib.resources.files("autodidact") / "resources" / "example_qa.jsonl"))
+
+
+def load_bundle(model_cfg: DictConfig) -> ModelBundle:
+    configure_threads(model_cfg.get("threads"))
+    return load_model(model_cfg.kind, path=model_cfg.get("path"), seed=model_cfg.get("seed", 0),
+                      cache_dir=model_cfg.get("cache_dir"))
+
+
+def build_logger(cfg: DictConfig):
+    """Instantiate ``cfg.logger`` (W&B, offline by default) or return None for logger=none."""
+    if cfg.get("logger") is None:
+        return None
+    import hydra
+
+    return hydra.utils.instantiate(cfg.logger)
+
+
+@dataclass
+class TrainSummary:
+    skill: str
+    card: Path
+    card_bytes: int
+    result: TrainResult
+
+    def lines(self) -> list[str]:
+        r = self.result
+        return [
+            f"skill       {self.skill}",
+            f"loss        {r.loss_initial:.4f} -> {r.loss_final:.4f}",
+            f"steps       {r.steps} ({r.epochs} epochs), learned={r.learned} (exact match {r.exact_match:.2f})",
+            f"seconds     {r.seconds:.1f}",
+            f"card        {self.card} ({self.card_bytes / 1024:.0f} KiB)",
+        ]
+
+
+def train(cfg: DictConfig, run_dir: Path) -> TrainSummary:
+    lora = to_dataclass(LoRAConfig, cfg.lora, "lora")
+    tcfg = to_dataclass(TrainConfig, cfg.trainer, "trainer")
+    data_path = Path(cfg.data.path) if cfg.data.get("path") else example_data_path()
+    pairs = load_pairs(data_path)
+    skill = cfg.get("skill") or ("velmora_lighthouse" if not cfg.data.get("path") else data_path.name.split(".")[0])
+    card_path = Path(cfg.card.path) if cfg.card.get("path") else run_dir / f"{skill}.lora.arrow"
+    bundle = load_bundle(cfg.model)
+    logger = build_logger(cfg)
+    trainer = LoRATrainer(bundle, lora, tcfg, logger=logger)
+    n_val = int(round(len(pairs) * float(cfg.data.get("val_fraction") or 0.0)))
+    val, train_pairs = pairs[:n_val], pairs[n_val:]
+    result = trainer.fit(train_pairs, adapter=skill, val_pairs=val)
+    path = trainer.export(card_path, adapter=skill, skill=skill, result=result, dtype=cfg.card.get("dtype", "float16"))
+    if logger is not None:
+        logger.log_metrics({"card/bytes": path.stat().st_size, "train/seconds": result.seconds})
+        logger.finalize("success")
+    return TrainSummary(skill=skill, card=path, card_bytes=path.stat().st_size, result=result)

@@ -1,0 +1,34 @@
+"""Train one LoRA skill from QA pairs and export it as a .lora.arrow card.
+
+    python train.py                                   # the shipped example set, default SmolLM2
+    python train.py data.path=QA.jsonl card.path=OUT.lora.arrow model=tiny lora.r=16 trainer.lr=1e-3
+"""
+
+import os
+import sys
+
+os.environ.setdefault("WANDB_MODE", "offline")
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from autodidact.errors import AutodidactError
+    from autodidact.train_skill import train
+
+    try:
+        summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except AutodidactError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print("\n".join(summary.lines()))
+
+
+if __name__ == "__main__":
+    main()
