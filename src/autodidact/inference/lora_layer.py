@@ -110,10 +110,10 @@ class LoRALinear(nn.Module):
         if not torch.isfinite(delta).all():
             raise LoRAError(f"refusing to merge adapter {name!r}: its update contains NaN or Inf")
         w = self.base_layer.weight
-        merged = w.float() + delta
+        merged = (w.float() + delta).to(w.dtype)  # check after the cast: fp16/bf16 overflow to Inf there
         if not torch.isfinite(merged).all():
             raise LoRAError(f"refusing to merge adapter {name!r}: the merged weight overflows {w.dtype}")
-        w.copy_(merged.to(w.dtype))
+        w.copy_(merged)
         self.merged_adapters.append(name)
 
     @torch.no_grad()
