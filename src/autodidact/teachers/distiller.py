@@ -16,6 +16,7 @@ import re
 import string
 from dataclasses import asdict, dataclass, field
 
+from autodidact.data import QAPair
 from autodidact.errors import ConfigError
 from autodidact.teachers.errors import BadReply
 from autodidact.teachers.failover import FailoverChain
@@ -62,17 +63,6 @@ class DistillConfig:
             problems.append(f"min_pairs ({self.min_pairs}) must be <= n_pairs ({self.n_pairs})")
         if problems:
             raise ConfigError("teacher.distill: " + "; ".join(problems))
-
-
-@dataclass(frozen=True)
-class QAPair:
-    """One question with its short answer."""
-
-    question: str
-    answer: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"question": self.question, "answer": self.answer}
 
 
 @dataclass
