@@ -259,8 +259,13 @@ def test_unknown_targets_raise_a_clear_error(targets: list[str], needle: str) ->
         (lambda layer: layer.set_adapter("ghost"), "no adapter 'ghost'"),
         (lambda layer: layer.delete_adapter("ghost"), "no adapter 'ghost'"),
         (lambda layer: layer.delta_weight("ghost"), "no adapter 'ghost'"),
+        (lambda layer: layer.add_adapter("a.b", r=2, alpha=1), "not usable"),
+        (lambda layer: layer.add_adapter("", r=2, alpha=1), "not usable"),
+        (lambda layer: layer.add_adapter("copy", r=2, alpha=1), "not usable"),  # a ParameterDict method
+        (lambda layer: layer.add_adapter("training", r=2, alpha=1), "not usable"),  # a Module attribute
     ],
-    ids=["zero-rank", "duplicate", "set-unknown", "delete-unknown", "delta-unknown"],
+    ids=["zero-rank", "duplicate", "set-unknown", "delete-unknown", "delta-unknown", "dotted-name",
+         "empty-name", "dict-method-name", "module-attribute-name"],
 )
 def test_layer_refusals(call, needle: str) -> None:
     layer = LoRALinear(nn.Linear(4, 4))

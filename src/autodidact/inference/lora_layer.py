@@ -59,6 +59,11 @@ class LoRALinear(nn.Module):
             raise LoRAError(f"LoRA rank must be positive, got r={r}")
         if name in self.lora_A:
             raise LoRAError(f"adapter {name!r} already exists on this layer; delete it first")
+        if not isinstance(name, str) or not name or "." in name or hasattr(self.lora_A, name):
+            # ParameterDict keys become attribute names: '', dotted names and its own method names
+            # ('copy', 'update', ...) would fail deep inside torch with a KeyError.
+            raise LoRAError(f"adapter name {name!r} is not usable; use a non-empty name without dots "
+                            "that is not a dict method name (e.g. velmora_lighthouse)")
         w = self.base_layer.weight
         a = torch.empty(r, self.in_features, device=w.device, dtype=torch.float32)
         # Same init as nn.Linear / PEFT: Kaiming-uniform A, zero B => the update B·A starts at 0.
