@@ -1,12 +1,19 @@
 """evolve.py: detect -> distill -> fit -> export -> deploy -> verify.
 
 A thin Hydra wrapper; the logic lives in plain functions that take already-built config.
-    python evolve.py stage=distill query="Who was Brindlemark's first mayor, and when?"
+    python evolve.py                                   # the demo: offline pack questions, learned and answered
+    python evolve.py query="Who was Brindlemark's first mayor, and when?"
+    python evolve.py queries=questions.txt router.threshold=0.35
+    python evolve.py stage=distill query="..."        # only ask the teacher; write pairs.jsonl
+    python evolve.py -m router.threshold=0.3,0.4,0.5  # a Hydra multirun sweep
 """
 
 from __future__ import annotations
 
+import os
 import sys
+
+os.environ.setdefault("WANDB_MODE", "offline")  # W&B never needs an account unless the user opts in
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -14,6 +21,7 @@ from omegaconf import DictConfig
 
 from autodidact.cli import rewrite_argv
 from autodidact.errors import AutodidactError
+from autodidact.evolve_loop import run_evolve
 from autodidact.teachers.stage import run_distill_stage
 
 
@@ -24,8 +32,10 @@ def main(cfg: DictConfig) -> None:
         if cfg.stage == "distill":
             run_distill_stage(cfg, run_dir)
             return
-        print(f"stage={cfg.stage}: the learning loop is not built yet; only stage=distill works for now.",
-              file=sys.stderr)
+        if cfg.stage == "loop":
+            run_evolve(cfg, run_dir)
+            return
+        print(f"error: unknown stage={cfg.stage}; use stage=loop (default) or stage=distill", file=sys.stderr)
         sys.exit(2)
     except AutodidactError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -168,10 +168,11 @@ def answer_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch
 class LoRALightningModule(L.LightningModule):
     """Frozen base + LoRA; AdamW over the ``lora_`` parameters only."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig) -> None:
+    def __init__(self, model: nn.Module, cfg: TrainConfig, metric_prefix: str = "") -> None:
         super().__init__()
         self.model = model
         self.cfg = cfg
+        self.prefix = metric_prefix  # e.g. "skills/<name>/": one loss curve per skill in one W&B run
         # Config only: the network is passed in, never pickled into hparams.
         self.save_hyperparameters({k: v for k, v in asdict(cfg).items()})
         self._epoch_exact: list[torch.Tensor] = []
@@ -183,15 +184,15 @@ class LoRALightningModule(L.LightningModule):
         self._epoch_exact.append(exact.detach())
         self._epoch_loss.append(loss.item())
         self.losses.append(loss.item())
-        self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=len(exact))
-        self.log("train/token_acc", correct.float().mean(), prog_bar=True, on_step=True, batch_size=len(exact))
+        self.log(self.prefix + "train/loss", loss, prog_bar=True, on_step=True, batch_size=len(exact))
+        self.log(self.prefix + "train/token_acc", correct.float().mean(), prog_bar=True, on_step=True, batch_size=len(exact))
         return loss
 
     def on_train_epoch_end(self) -> None:
         exact = torch.cat(self._epoch_exact).float().mean().item() if self._epoch_exact else 0.0
         loss = sum(self._epoch_loss) / max(1, len(self._epoch_loss))
-        self.log("train/epoch_exact_match", exact)
-        self.log("train/epoch_loss", loss)
+        self.log(self.prefix + "train/epoch_exact_match", exact)
+        self.log(self.prefix + "train/epoch_loss", loss)
         self._epoch_exact.clear()
         self._epoch_loss.clear()
         cfg = self.cfg
@@ -202,8 +203,8 @@ class LoRALightningModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, correct, exact = answer_loss(self.model, batch)
-        self.log("val/loss", loss, batch_size=len(exact))
-        self.log("val/exact_match", exact.float().mean(), batch_size=len(exact))
+        self.log(self.prefix + "val/loss", loss, batch_size=len(exact))
+        self.log(self.prefix + "val/exact_match", exact.float().mean(), batch_size=len(exact))
 
     def configure_optimizers(self):
         params = [p for n, p in self.model.named_parameters() if p.requires_grad and "lora_" in n]
@@ -240,7 +241,9 @@ class LoRATrainer:
         model.train(was_training)
         return total / max(1, n), exact / max(1, n)
 
-    def fit(self, pairs: list[QAPair], adapter: str, val_pairs: list[QAPair] | None = None) -> TrainResult:
+    def fit(
+        self, pairs: list[QAPair], adapter: str, val_pairs: list[QAPair] | None = None, metric_prefix: str = ""
+    ) -> TrainResult:
         """Train a fresh adapter named ``adapter`` on ``pairs``; leaves it injected and active."""
         cfg, model = self.train_cfg, self.bundle.model
         L.seed_everything(cfg.seed, workers=False, verbose=False)
@@ -261,7 +264,7 @@ class LoRATrainer:
             seed=cfg.seed,
         )
         dm.val_pairs = list(val_pairs or [])
-        module = LoRALightningModule(model, cfg)
+        module = LoRALightningModule(model, cfg, metric_prefix)
         trainer = L.Trainer(
             accelerator=cfg.accelerator,
             devices=1,

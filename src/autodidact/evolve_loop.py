@@ -1,0 +1,231 @@
+"""The self-evolving loop: route -> (dissonance -> learn -> deploy) -> answer, one record per query.
+
+``Autodidact`` takes already-built parts, so tests drive it without Hydra; ``run_evolve(cfg, run_dir)``
+builds them from the Hydra config for ``evolve.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from autodidact.config import to_dataclass
+from autodidact.errors import AutodidactError, ConfigError
+from autodidact.fileio import append_jsonl
+from autodidact.inference.lora_router import DissonanceDetector, EmptyQueryError, LoRARouter, RouterConfig
+from autodidact.learning_queue import LearningQueue, QueuePolicy, topic_key
+from autodidact.lora_manager import LoRAManager
+from autodidact.skill_factory import FactoryConfig, SkillFactory
+
+log = logging.getLogger(__name__)
+RESULTS_NAME = "results.jsonl"
+
+
+class Autodidact:
+    """Answers questions, learning a new skill first whenever the router is not confident."""
+
+    def __init__(
+        self,
+        manager: LoRAManager,
+        router: LoRARouter,
+        factory: SkillFactory,
+        threshold: float = 0.4,
+        learn: bool = True,
+        max_new_tokens: int = 48,
+        logger=None,
+    ) -> None:
+        self.manager = manager
+        self.router = router
+        self.factory = factory
+        self.detector = DissonanceDetector(factory, threshold=threshold)
+        self.threshold = threshold
+        self.learn = learn
+        self.max_new_tokens = max_new_tokens
+        self.logger = logger
+        self._asked = 0
+
+    def _route(self, query: str):
+        r = self.router.route(query)
+        # The detector's threshold is the one that decides; keep the record consistent with it.
+        skill = r.best_skill if (r.best_skill is not None and r.confidence >= self.threshold) else None
+        return r, skill
+
+    def ask(self, query: str) -> dict:
+        """Answer ``query``; returns the JSON-safe record that evolve.py prints."""
+        if not isinstance(query, str) or not query.strip():
+            raise EmptyQueryError('the question is empty; ask something: python evolve.py query="..."')
+        t0 = time.perf_counter()
+        stages: dict[str, float] = {}
+        r, skill = self._route(query)
+        stages["route"] = round(time.perf_counter() - t0, 3)
+        q = r.query  # the router's (possibly truncated) text: a huge query never reaches the model whole
+        rec: dict = {
+            "query": query,
+            "answer": None,
+            "skill": skill,
+            "confidence_before": round(r.confidence, 4),
+            "confidence_after": round(r.confidence, 4),
+            "learned": False,
+            "card": None,
+            "verified": None,
+        }
+        if skill is None and self.learn:
+            t = time.perf_counter()
+            rec["answer_before"] = self.manager.generate(None, q, self.max_new_tokens)
+            stages["answer_before"] = round(time.perf_counter() - t, 3)
+            print(f"[autodidact] dissonance: confidence {r.confidence:.3f} < {self.threshold} for {query!r}; learning",
+                  file=sys.stderr)
+            self.detector.check(r)
+            t = time.perf_counter()
+            outcomes = self.factory.drain()
+            stages["learn"] = round(time.perf_counter() - t, 3)
+            mine = [o for o in outcomes if topic_key(o.query) == topic_key(r.query)]
+            if mine:
+                o = mine[-1]
+                rec["verified"] = o.verified
+                rec["job"] = {"id": o.job_id, "state": o.state, "rounds": o.rounds, "seconds": o.seconds,
+                              "provider": o.provider}
+                if o.state != "done":
+                    rec["reason"] = o.reason
+                for k, v in o.seconds.items():
+                    stages[k] = v
+            else:
+                rec["reason"] = self._why_not_learned(r.query)
+            r2, skill = self._route(query)
+            rec["confidence_after"] = round(r2.confidence, 4)
+            rec["skill"] = skill
+            rec["learned"] = bool(mine and mine[-1].state == "done" and skill is not None)
+        if skill is not None and skill in self.manager.skills:
+            rec["card"] = str(self.manager.skills[skill].path)
+        t = time.perf_counter()
+        rec["answer"] = self.manager.generate(skill, q, self.max_new_tokens)
+        stages["answer"] = round(time.perf_counter() - t, 3)
+        rec["seconds"] = round(time.perf_counter() - t0, 3)
+        rec["stage_seconds"] = stages
+        self._log(rec)
+        return rec
+
+    def _why_not_learned(self, query: str) -> str:
+        for job in self.factory.queue.list():
+            if job.event.topic == topic_key(query) and job.state in ("pending", "running"):
+                return (f"a learning event for this topic is already queued (job {job.id}, {job.state}, "
+                        f"attempt {job.attempts}); it will be retried after its backoff")
+        return "no learning event was worked"
+
+    def _log(self, rec: dict) -> None:
+        if self.logger is None:
+            return
+        self._asked += 1
+        m = {"query/confidence_before": rec["confidence_before"], "query/confidence_after": rec["confidence_after"],
+             "query/learned": float(rec["learned"]), "query/seconds": rec["seconds"]}
+        m.update({f"query/stage_seconds/{k}": v for k, v in rec["stage_seconds"].items()})
+        self.logger.log_metrics(m, step=None)
+
+
+# -- building from config ----------------------------------------------------------------------------
+@dataclass
+class ManagerConfig:
+    """Config key ``manager``."""
+
+    max_loaded: int = 8
+    """Adapters kept attached to the model at once (least recently used detached first)."""
+
+    def problems(self) -> list[str]:
+        return [] if self.max_loaded >= 1 else [f"manager.max_loaded must be >= 1 (got {self.max_loaded})"]
+
+
+def resolve_skills_dir(value: str | None) -> Path:
+    if value:
+        return Path(value).expanduser()
+    if os.environ.get("AUTODIDACT_SKILLS_DIR"):
+        return Path(os.environ["AUTODIDACT_SKILLS_DIR"]).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("autodidact")) / "skills"
+
+
+def read_queries(cfg: DictConfig) -> tuple[list[str], bool]:
+    """The questions to answer and whether they are the built-in demo."""
+    if cfg.get("query") is not None:
+        return [str(cfg.query)], False
+    if cfg.get("queries"):
+        path = Path(cfg.queries).expanduser()
+        if not path.exists():
+            raise ConfigError(f"queries={path} does not exist; give a file with one question per line")
+        qs = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not qs:
+            raise ConfigError(f"queries={path} holds no questions")
+        return qs, False
+    from autodidact.teachers.offline import load_pack
+
+    return [f.question for f in load_pack(cfg.teacher.get("pack"))], True
+
+
+def run_evolve(cfg: DictConfig, run_dir: str | Path) -> list[dict]:
+    from autodidact.inference.encoder import get_encoder
+    from autodidact.lora_trainer import LoRAConfig, TrainConfig
+    from autodidact.teachers import TRANSCRIPT_NAME, CloudDistiller, TeacherConfig, build_teacher
+    from autodidact.train_skill import build_logger, load_bundle
+
+    run_dir = Path(run_dir)
+    queries, demo = read_queries(cfg)
+    router_cfg = RouterConfig.from_mapping(cfg.router)
+    lora = to_dataclass(LoRAConfig, cfg.lora, "lora")
+    train = to_dataclass(TrainConfig, cfg.trainer, "trainer")
+    fcfg = to_dataclass(FactoryConfig, cfg.factory, "factory")
+    mcfg = to_dataclass(ManagerConfig, cfg.manager, "manager")
+    qpolicy = QueuePolicy(**dict(cfg.queue))
+    tc = TeacherConfig.from_cfg(cfg.teacher)
+    skills_dir = resolve_skills_dir(cfg.get("skills_dir"))
+    if demo:
+        print(f"[autodidact] demo: {len(queries)} questions from the offline demo knowledge pack "
+              f"(fictional facts); skills go to {skills_dir}", file=sys.stderr)
+
+    bundle = load_bundle(cfg.model)
+    router = LoRARouter(router_cfg, get_encoder(router_cfg.encoder_path))
+    manager = LoRAManager(bundle, skills_dir, router, max_loaded=mcfg.max_loaded)
+    changes = manager.scan()
+    print(f"[autodidact] {len(manager.skills)} skills installed from {skills_dir}"
+          + (f"; refused {len(changes['refused'])} invalid cards (see log)" if changes["refused"] else ""),
+          file=sys.stderr)
+    queue = LearningQueue.in_skills_dir(skills_dir, policy=qpolicy)
+    logger = build_logger(cfg)
+    factory = SkillFactory(
+        queue,
+        CloudDistiller(build_teacher(tc, run_dir / TRANSCRIPT_NAME), tc.distill),
+        manager,
+        lora,
+        train,
+        fcfg,
+        work_dir=run_dir / "work",
+        logger=logger,
+    )
+    bot = Autodidact(manager, router, factory, threshold=router_cfg.threshold, learn=bool(cfg.learn),
+                     max_new_tokens=int(cfg.model.get("max_new_tokens", 48)), logger=logger)
+    records = []
+    try:
+        for q in queries:
+            try:
+                rec = bot.ask(q)
+            except AutodidactError as e:
+                rec = {"query": q, "answer": None, "skill": None, "confidence_before": None,
+                       "confidence_after": None, "learned": False, "card": None, "verified": None,
+                       "seconds": 0.0, "error": str(e)}
+            append_jsonl(run_dir / RESULTS_NAME, rec)
+            records.append(rec)
+            print(json.dumps(rec, ensure_ascii=False), flush=True)
+    finally:
+        queue.close()
+        if logger is not None:
+            logger.finalize("success")
+            exp = getattr(logger, "_experiment", None)
+            if exp is not None:
+                exp.finish()
+    return records

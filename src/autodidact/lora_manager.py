@@ -1,0 +1,200 @@
+"""LoRAManager: the installed skills, hot-loaded into one shared base model.
+
+* ``scan()`` at start and ``poll()`` later install every valid ``*.lora.arrow`` in ``skills_dir``;
+  an invalid card is refused with a logged reason (once per file version) and serving goes on.
+* A card is fully read and checked *before* anything is touched, so re-learning a skill swaps the
+  old adapter for the new one under the lock in one step: a query sees the old version or the new,
+  never neither.
+* Adapters live in the base model's ``LoRALinear`` layers keyed by skill name; activating one is a
+  pointer switch (``set_adapter``), never a copy of base weights. At most ``max_loaded`` adapters are
+  attached at once; the least recently used is detached and re-read from its card on next use.
+* One re-entrant lock serialises everything that touches the model (generation, training, swaps),
+  so a watcher thread can install cards while the serving thread answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch.nn as nn
+
+from autodidact.card import SUFFIX, Card, CardError, attach_card, check_card_fits, read_card
+from autodidact.inference.generate import generate_answer
+from autodidact.inference.lora_layer import delete_adapter, set_adapter
+from autodidact.models import ModelBundle
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InstalledSkill:
+    """A card the manager has accepted."""
+
+    name: str
+    path: Path
+    meta: dict
+    signature: tuple[int, int]
+    """(mtime_ns, size) of the file when installed: a change means a new version."""
+
+
+def _signature(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return (st.st_mtime_ns, st.st_size)
+
+
+class LoRAManager:
+    """Installs, hot-swaps, evicts and activates skill adapters on a shared base model."""
+
+    def __init__(self, bundle: ModelBundle, skills_dir: str | Path, router=None, max_loaded: int = 8) -> None:
+        if max_loaded < 1:
+            raise ValueError("max_loaded must be >= 1")
+        self.bundle = bundle
+        self.skills_dir = Path(skills_dir)
+        self.skills_dir.mkdir(parents=True, exist_ok=True)
+        self.router = router
+        self.max_loaded = max_loaded
+        self.lock = threading.RLock()
+        self.skills: dict[str, InstalledSkill] = {}
+        self.refused: dict[Path, tuple[tuple[int, int], str]] = {}
+        self._attached: OrderedDict[str, None] = OrderedDict()  # LRU order, most recent last
+        self._watcher: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def model(self) -> nn.Module:
+        return self.bundle.model
+
+    @property
+    def attached(self) -> list[str]:
+        return list(self._attached)
+
+    # -- install / unload ----------------------------------------------------------------------
+    def install(self, path: str | Path) -> InstalledSkill:
+        """Validate ``path`` and make its skill available (replacing an older version atomically)."""
+        path = Path(path)
+        sig = _signature(path)
+        card = read_card(path)  # every check runs before any state changes
+        check_card_fits(card, self.model, self.bundle.fingerprint)
+        routing = card.meta.get("routing")
+        with self.lock:
+            name = card.skill
+            old = self.skills.get(name)
+            if self.router is not None and routing is not None:
+                self.router.add_skill(name, routing)  # validates the routing key; replaces the old one
+            self._detach(name)
+            self._attach(card, name)
+            self.skills[name] = InstalledSkill(name=name, path=path, meta=card.meta, signature=sig)
+            self.refused.pop(path, None)
+        if routing is None:
+            log.warning("card %s has no routing key: skill %r can be used by name but is never routed to", path, name)
+        log.info("%s skill %r from %s", "replaced" if old else "installed", name, path)
+        return self.skills[name]
+
+    def unload(self, name: str) -> None:
+        with self.lock:
+            self._detach(name)
+            self.skills.pop(name, None)
+            if self.router is not None and name in self.router.skills:
+                self.router.remove_skill(name)
+
+    def scan(self) -> dict[str, list]:
+        """Install new or changed cards, unload vanished ones. Returns what changed."""
+        installed, refused, removed = [], [], []
+        seen: set[Path] = set()
+        for path in sorted(self.skills_dir.glob(f"*{SUFFIX}")):
+            seen.add(path)
+            try:
+                sig = _signature(path)
+            except OSError:
+                continue
+            current = next((s for s in self.skills.values() if s.path == path), None)
+            if current is not None and current.signature == sig:
+                continue
+            if path in self.refused and self.refused[path][0] == sig:
+                continue
+            try:
+                installed.append(self.install(path).name)
+            except CardError as e:
+                self.refused[path] = (sig, e.problem)
+                refused.append((str(path), e.problem))
+                log.warning("refused %s", e)
+            except Exception as e:  # a routing-key or other error in one card must not stop serving
+                self.refused[path] = (sig, str(e))
+                refused.append((str(path), str(e)))
+                log.warning("refused skill card %s: %s", path, e)
+        with self.lock:
+            for name, s in list(self.skills.items()):
+                if s.path not in seen and s.path.parent == self.skills_dir:
+                    self.unload(name)
+                    removed.append(name)
+        return {"installed": installed, "refused": refused, "removed": removed}
+
+    poll = scan
+
+    # -- watcher -------------------------------------------------------------------------------
+    def start_watching(self, interval_s: float = 1.0) -> None:
+        """Poll ``skills_dir`` in a daemon thread so cards dropped in while serving are picked up."""
+        if self._watcher is not None:
+            return
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.scan()
+                except Exception:  # keep watching whatever one scan hit
+                    log.exception("skill scan failed")
+
+        self._watcher = threading.Thread(target=loop, name="autodidact-skill-watcher", daemon=True)
+        self._watcher.start()
+
+    def stop_watching(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
+            self._watcher = None
+
+    # -- adapters in the model -----------------------------------------------------------------
+    def _attach(self, card: Card, name: str) -> None:
+        attach_card(card, self.model, self.bundle.fingerprint, adapter_name=name)
+        self._attached[name] = None
+        self._attached.move_to_end(name)
+        while len(self._attached) > self.max_loaded:
+            victim = next(iter(self._attached))
+            self._detach(victim)
+
+    def _detach(self, name: str) -> None:
+        if name in self._attached:
+            delete_adapter(self.model, name)
+            del self._attached[name]
+
+    def _ensure_attached(self, name: str) -> None:
+        if name in self._attached:
+            self._attached.move_to_end(name)
+            return
+        skill = self.skills.get(name)
+        if skill is None:
+            raise KeyError(f"no installed skill {name!r}")
+        self._attach(read_card(skill.path), name)
+
+    @contextlib.contextmanager
+    def use(self, name: str | None) -> Iterator[nn.Module]:
+        """Hold the model with adapter ``name`` (or none) active."""
+        with self.lock:
+            if name is not None:
+                self._ensure_attached(name)
+            set_adapter(self.model, name)
+            try:
+                yield self.model
+            finally:
+                set_adapter(self.model, None)
+
+    def generate(self, name: str | None, question: str, max_new_tokens: int = 48) -> str:
+        with self.use(name) as model:
+            return generate_answer(model, self.bundle.tokenizer, question, max_new_tokens=max_new_tokens)
