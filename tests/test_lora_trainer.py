@@ -1,0 +1,309 @@
+"""LoRATrainer on a seeded tiny Llama: the loss falls, the base stays bit-identical, only LoRA learns.
+
+The memorisation run uses ``load_tiny(hidden=512)``, not the default hidden 64: with frozen tied
+embeddings (std 0.02) and a final RMSNorm, the largest logit margin a tiny model can produce is about
+0.02 * hidden, so at hidden 64 the loss cannot fall below ~4.3 however well the answers are learned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+
+import autodidact.lora_trainer as lt
+from autodidact.card import load_card, read_card
+from autodidact.config import to_dataclass
+from autodidact.data import IGNORE, QAPair, collate, encode_pair, prompt_ids
+from autodidact.errors import ConfigError
+from autodidact.evaluation import answer_is_correct
+from autodidact.inference.generate import generate_answer
+from autodidact.inference.lora_layer import inject_lora, lora_layers, mark_only_lora_as_trainable
+from autodidact.lora_trainer import (
+    LoRAConfig,
+    LoRALightningModule,
+    LoRATrainer,
+    TrainConfig,
+    TrainResult,
+    answer_loss,
+)
+from autodidact.models import ModelBundle, load_tiny
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+PAIRS = [
+    QAPair(q, a)
+    for q, a in [
+        ("Capital of Zor?", "Qel."),
+        ("Color of Zor sky?", "Teal."),
+        ("Who rules Zor?", "Queen Ana."),
+        ("Zor moons?", "Three."),
+        ("Zor sea?", "The Vex."),
+        ("Zor year?", "400 days."),
+        ("Zor food?", "Blue rice."),
+        ("Zor pet?", "A glimp."),
+    ]
+]
+HIDDEN = 512
+LORA = LoRAConfig(r=8, alpha=16.0, target_modules=["q_proj", "v_proj"])
+TRAIN = TrainConfig(lr=1e-2, max_steps=150, batch_size=8, progress_bar=False)
+
+
+def _base_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every non-LoRA tensor under its unwrapped name (``...q_proj.base_layer.weight`` -> ``...q_proj.weight``)."""
+    return {k.replace(".base_layer.", "."): v.detach().clone() for k, v in model.state_dict().items()
+            if "lora_" not in k}
+
+
+class _GradSpy(LoRALightningModule):
+    """Records, before every optimizer step, which parameters hold a gradient and what is optimized."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.with_grad: list[set[str]] = []
+        self.optimizers_seen: list[torch.optim.Optimizer] = []
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.with_grad.append({n for n, p in self.model.named_parameters() if p.grad is not None})
+        self.optimizers_seen.append(optimizer)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: these models are too small to gain from two, and on a shared 2-core box an
+    oversubscribed pool was measured 7x slower (64 s vs 9 s for the memorisation run)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@dataclass
+class Fitted:
+    bundle: ModelBundle
+    trainer: LoRATrainer
+    result: TrainResult
+    before: dict[str, torch.Tensor]
+    spy: _GradSpy
+
+
+@pytest.fixture(scope="module")
+def fitted(_one_thread) -> Fitted:
+    bundle = load_tiny(seed=0, hidden=HIDDEN)
+    before = _base_state(bundle.model)
+    spies: list[_GradSpy] = []
+
+    class Spy(_GradSpy):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            spies.append(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lt, "LoRALightningModule", Spy)
+        trainer = LoRATrainer(bundle, LORA, TRAIN)
+        result = trainer.fit(PAIRS, adapter="zor")
+    assert len(spies) == 1
+    return Fitted(bundle=bundle, trainer=trainer, result=result, before=before, spy=spies[0])
+
+
+# -- the memorisation run --------------------------------------------------------------------------
+def test_loss_falls_and_the_skill_is_learned_early(fitted: Fitted) -> None:
+    r = fitted.result
+    assert r.adapter == "zor"
+    assert r.loss_final < r.loss_initial * 0.5, (r.loss_initial, r.loss_final)
+    assert 1 <= r.steps < TRAIN.max_steps, "training should stop once the answers are reproduced"
+    assert r.learned and r.exact_match == 1.0, r  # measured: learned after 85 steps, loss 5.69 -> 0.59
+    assert len(r.losses) == r.steps
+    assert min(r.losses) < r.losses[0]
+    assert r.seconds > 0
+    assert set(r.to_meta()) >= {"loss_initial", "loss_final", "steps", "seconds", "learned", "exact_match"}
+
+
+def test_base_weights_are_bit_identical_after_training(fitted: Fitted) -> None:
+    after = _base_state(fitted.bundle.model)
+    assert after.keys() == fitted.before.keys()
+    changed = [k for k in after if not torch.equal(after[k], fitted.before[k])]
+    assert changed == []
+
+
+def test_only_lora_parameters_had_gradients(fitted: Fitted) -> None:
+    spy = fitted.spy
+    assert len(spy.with_grad) == fitted.result.steps
+    lora = {n for n, _ in fitted.bundle.model.named_parameters() if "lora_" in n}
+    assert lora and len(lora) == 8  # (A, B) x (q, v) x 2 layers
+    for step, names in enumerate(spy.with_grad):
+        assert names == lora, f"step {step}: gradients on {sorted(names ^ lora)}"
+    for n, p in fitted.bundle.model.named_parameters():
+        if "lora_" not in n:
+            assert p.grad is None, n
+    # after fit everything is frozen again (serving needs no grads)
+    assert all(not p.requires_grad for p in fitted.bundle.model.parameters())
+
+
+def test_the_optimizer_is_adamw_over_the_lora_parameters_only(fitted: Fitted) -> None:
+    opt = fitted.spy.optimizers_seen[0]
+    opt = getattr(opt, "optimizer", opt)  # Lightning wraps it
+    assert isinstance(opt, torch.optim.AdamW)
+    assert opt.defaults["lr"] == TRAIN.lr
+    optimized = {id(p) for g in opt.param_groups for p in g["params"]}
+    lora = {id(p) for n, p in fitted.bundle.model.named_parameters() if "lora_" in n}
+    assert optimized == lora
+
+
+def test_exported_card_reproduces_the_answers_in_a_fresh_model(fitted: Fitted, tmp_path: Path) -> None:
+    path = fitted.trainer.export(tmp_path / "zor.lora.arrow", adapter="zor", skill="zor", result=fitted.result,
+                                 dtype="float32")
+    meta = read_card(path).meta
+    assert meta["train"]["steps"] == fitted.result.steps
+    assert meta["lora"] == {"r": 8, "alpha": 16.0, "target_modules": ["q_proj", "v_proj"]}
+    trained = [generate_answer(fitted.bundle.model, fitted.bundle.tokenizer, p.question, 16) for p in PAIRS]
+
+    fresh = load_tiny(seed=0, hidden=HIDDEN)
+    base = [generate_answer(fresh.model, fresh.tokenizer, p.question, 16) for p in PAIRS]
+    load_card(path, fresh.model, fresh.fingerprint)
+    loaded = [generate_answer(fresh.model, fresh.tokenizer, p.question, 16) for p in PAIRS]
+    assert loaded == trained
+    right = sum(answer_is_correct(a, p.answer) for a, p in zip(loaded, PAIRS, strict=True))
+    assert right == len(PAIRS), list(zip(loaded, [p.answer for p in PAIRS], strict=True))
+    assert sum(answer_is_correct(a, p.answer) for a, p in zip(base, PAIRS, strict=True)) == 0
+
+
+# -- stopping ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("overrides", "steps"),
+    [
+        ({"stop_when_learned": False, "max_steps": 3}, 3),  # nothing to stop it: the whole budget
+        ({"loss_floor": 100.0, "max_steps": 20}, 1),  # under the floor after the first epoch (one batch)
+        ({"loss_floor": 100.0, "min_steps": 3, "max_steps": 20}, 3),  # ... but never before min_steps
+    ],
+    ids=["budget", "loss-floor", "min-steps"],
+)
+def test_stopping_rules(overrides: dict, steps: int) -> None:
+    bundle = load_tiny(seed=0)
+    cfg = TrainConfig(lr=1e-3, batch_size=8, progress_bar=False, **overrides)
+    result = LoRATrainer(bundle, LoRAConfig(r=2, alpha=4.0), cfg).fit(PAIRS, adapter="s")
+    assert result.steps == steps
+    assert result.epochs >= 1
+
+
+# -- the loss ------------------------------------------------------------------------------------------
+def test_prompt_is_masked_in_the_labels() -> None:
+    tok = load_tiny().tokenizer
+    for pair in PAIRS[:3]:
+        enc = encode_pair(tok, pair, max_length=256)
+        p = prompt_ids(tok, pair.question)
+        assert enc["input_ids"][: len(p)] == p
+        assert enc["labels"][: len(p)] == [IGNORE] * len(p)
+        assert enc["labels"][len(p):] == enc["input_ids"][len(p):]
+        assert tok.decode(enc["input_ids"][len(p):], skip_special_tokens=True) == pair.answer
+        assert enc["input_ids"][-1] == tok.convert_tokens_to_ids("<|im_end|>")
+        unmasked = encode_pair(tok, pair, max_length=256, mask_prompt=False)
+        assert unmasked["labels"] == unmasked["input_ids"]
+
+
+@pytest.mark.parametrize("mask_prompt", [True, False], ids=["answer-only", "whole-sequence"])
+def test_answer_loss_matches_the_full_projection(mask_prompt: bool) -> None:
+    bundle = load_tiny(seed=0)
+    tok = bundle.tokenizer
+    batch = collate([encode_pair(tok, p, 256, mask_prompt) for p in PAIRS[:4]], tok.pad_token_id)
+    with torch.no_grad():
+        loss, correct, exact = answer_loss(bundle.model, batch)
+        logits = bundle.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    target = batch["labels"][:, 1:]
+    sel = target != IGNORE
+    want = F.cross_entropy(logits[:, :-1][sel].float(), target[sel])
+    assert torch.allclose(loss, want, atol=1e-5)
+    assert correct.shape == (int(sel.sum()),)
+    n_answer = sum(len(tok(p.answer, add_special_tokens=False)["input_ids"]) + 1 for p in PAIRS[:4])
+    if mask_prompt:
+        assert int(sel.sum()) == n_answer  # answer tokens plus end-of-turn, nothing of the prompt
+    else:
+        assert int(sel.sum()) > n_answer
+    assert exact.shape == (4,) and not exact.any()  # an untrained model reproduces no answer
+
+
+def test_configure_optimizers_takes_only_the_trainable_lora_parameters() -> None:
+    model = load_tiny(seed=0).model
+    inject_lora(model, ["q_proj", "v_proj"], r=2, alpha=4, adapter_name="old")
+    inject_lora(model, ["q_proj", "v_proj"], r=2, alpha=4, adapter_name="new")
+    mark_only_lora_as_trainable(model, "new")
+    cfg = TrainConfig(lr=0.02, weight_decay=0.1)
+    opt = LoRALightningModule(model, cfg).configure_optimizers()
+    assert isinstance(opt, torch.optim.AdamW)
+    assert opt.defaults["lr"] == 0.02 and opt.defaults["weight_decay"] == 0.1
+    got = {id(p) for g in opt.param_groups for p in g["params"]}
+    want = {id(layer.lora_A["new"]) for layer in lora_layers(model).values()} | {
+        id(layer.lora_B["new"]) for layer in lora_layers(model).values()
+    }
+    assert got == want
+
+
+def test_module_hparams_hold_config_not_the_network() -> None:
+    module = LoRALightningModule(load_tiny().model, TrainConfig(lr=0.5))
+    assert module.hparams["lr"] == 0.5
+    assert all(not isinstance(v, torch.nn.Module) for v in module.hparams.values())
+
+
+# -- config validation ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("cls", "node", "where", "needles"),
+    [
+        (TrainConfig, {"lr": "fast", "batch_size": 1.5, "bogus": 1, "stop_when_learned": "yes"}, "trainer",
+         ["trainer.lr='fast' should be float", "trainer.batch_size=1.5 should be int", "trainer.bogus is not a setting",
+          "trainer.stop_when_learned='yes' should be bool"]),
+        (TrainConfig, {"lr": -1.0, "batch_size": 0, "max_steps": 0, "max_length": 4, "precision": "fp8"}, "trainer",
+         ["trainer.lr must be > 0", "trainer.batch_size must be >= 1", "trainer.max_steps must be >= 1",
+          "trainer.max_length must be >= 8", "trainer.precision 'fp8'"]),
+        (LoRAConfig, {"r": 0, "alpha": 0.0, "dropout": 1.0, "target_modules": []}, "lora",
+         ["lora.r must be >= 1", "lora.alpha must be > 0", "lora.dropout must be in [0, 1)",
+          "lora.target_modules must name at least one layer"]),
+        (LoRAConfig, {"r": "8", "target_modules": 5, "rank": 4}, "lora",
+         ["lora.r='8' should be int", "lora.target_modules=5 should be", "lora.rank is not a setting"]),
+    ],
+    ids=["trainer-types", "trainer-values", "lora-values", "lora-types"],
+)
+def test_config_errors_list_every_problem(cls, node: dict, where: str, needles: list[str]) -> None:
+    with pytest.raises(ConfigError) as e:
+        to_dataclass(cls, node, where)
+    msg = str(e.value)
+    assert msg.startswith(f"invalid {where} config:")
+    for needle in needles:
+        assert needle in msg, msg
+    assert msg.count("\n  - ") == len(needles)
+
+
+def test_config_coercions() -> None:
+    cfg = to_dataclass(TrainConfig, {"lr": 1, "_target_": "ignored"}, "trainer")
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    lora = to_dataclass(LoRAConfig, {"target_modules": "q_proj, v_proj"}, "lora")
+    assert lora.target_modules == ["q_proj", "v_proj"]
+
+
+def test_trainer_refuses_a_bad_config_before_touching_the_model() -> None:
+    bundle = load_tiny()
+    with pytest.raises(ConfigError) as e:
+        LoRATrainer(bundle, LoRAConfig(r=0), TrainConfig(max_steps=0))
+    assert "lora.r must be >= 1" in str(e.value)
+    with pytest.raises(ConfigError, match="trainer.max_steps"):
+        LoRATrainer(bundle, LoRAConfig(), TrainConfig(max_steps=0))
+    assert not lora_layers(bundle.model)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [[], ["trainer=gpu"], ["lora=all_linear"], ["trainer.lr=0.5", "lora.r=4"]],
+    ids=["defaults", "gpu", "all-linear", "overrides"],
+)
+def test_shipped_config_groups_are_valid(overrides: list[str]) -> None:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["model=tiny", "logger=none", *overrides])
+    tcfg = to_dataclass(TrainConfig, cfg.trainer, "trainer")
+    lora = to_dataclass(LoRAConfig, cfg.lora, "lora")
+    assert tcfg.seed == cfg.seed
+    if "trainer.lr=0.5" in overrides:
+        assert tcfg.lr == 0.5 and lora.r == 4
+    if "lora=all_linear" in overrides:
+        assert len(lora.target_modules) == 7
