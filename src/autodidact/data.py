@@ -54,15 +54,19 @@ def load_pairs(path: str | Path) -> list[QAPair]:
         try:
             with pa.memory_map(str(path)) as src:
                 table = pa.ipc.open_file(src).read_all()
-        except pa.ArrowException as e:
+        except (pa.ArrowException, OSError) as e:
             raise DataError(f"{path}: not a readable Arrow IPC file ({e})") from e
         if not {"question", "answer"} <= set(table.column_names):
             raise DataError(f"{path}: needs columns 'question' and 'answer', has {table.column_names}")
         rows = table.select(["question", "answer"]).to_pylist()
         pairs = [_pair(r, f"{path} row {i}") for i, r in enumerate(rows)]
     else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:  # a directory, no permission, not UTF-8
+            raise DataError(f"{path}: cannot be read as UTF-8 JSONL ({e}); pass data.path=FILE.jsonl") from e
         pairs = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for i, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
