@@ -160,6 +160,8 @@ class SkillFactory:
             return outcome
         outcome.seconds["distill"] = round(time.perf_counter() - t0, 3)
         outcome.provider = dist.provider
+        log.info("distilled %d training pairs + %d held-out from %s (%s)%s", len(dist.pairs), len(dist.heldout),
+                 dist.provider, dist.model, " [offline demo data]" if dist.offline else "")
         jobdir = self.work_dir / f"job-{job.id}"
         save_pairs(jobdir / "pairs.jsonl", dist.pairs)
         save_pairs(jobdir / "verify.jsonl", [dist.reference, *dist.heldout])
@@ -184,6 +186,7 @@ class SkillFactory:
         outcome.card_bytes = card.stat().st_size
         outcome.state = "done"
         self.queue.complete(job, outcome.to_dict())
+        log.info("deployed skill %r: %s (%.0f KiB)", name, card, outcome.card_bytes / 1024)
         self._log_metrics(name, outcome)
         return outcome
 
