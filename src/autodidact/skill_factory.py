@@ -85,13 +85,18 @@ class SkillOutcome:
         return dict(self.__dict__)
 
 
+MAX_STEM_CHARS = 60
+"""Longest readable part of a skill name; the topic digest after it keeps names distinct."""
+
+
 def skill_name(query: str) -> str:
     """A stable, filesystem- and module-safe name for the skill that answers ``query``.
 
     The same topic always maps to the same name, so re-learning replaces the old card.
     """
     words = [w for w in content_words(query) if w.isascii() and w.replace("'", "").isalnum()][:5]
-    stem = "_".join(w.replace("'", "") for w in words) or "skill"
+    # Capped: one long "word" (a number, a hash) must not push the card's file name past 255 bytes.
+    stem = "_".join(w.replace("'", "") for w in words)[:MAX_STEM_CHARS].rstrip("_") or "skill"
     digest = hashlib.sha256(topic_key(query).encode()).hexdigest()[:6]
     return f"{stem}_{digest}"
 

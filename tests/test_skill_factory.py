@@ -1,0 +1,258 @@
+"""SkillFactory: a queued learning event becomes a verified, installed, routed card, or stays queued.
+
+The tiny seeded Llama memorises but cannot generalise, so held-out paraphrases are not required
+(``min_heldout_fraction=0``) and it trains every linear layer at a high learning rate: 120 steps
+reproduce the demo pack's reference answer (70 were measured to be enough). Training runs on one
+torch thread: on a 2-core machine shared with anything else, a 2-thread pool spin-waits and one
+step took over a second instead of ~25 ms.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from autodidact.card import SUFFIX, read_card
+from autodidact.evaluation import answer_is_correct
+from autodidact.inference.encoder import SentenceEncoder, get_encoder
+from autodidact.inference.lora_layer import inject_lora, lora_layers
+from autodidact.inference.lora_router import LoRARouter, RouterConfig
+from autodidact.learning_queue import LearningEvent, LearningQueue, QueuePolicy
+from autodidact.lora_manager import LoRAManager
+from autodidact.lora_trainer import LoRAConfig, TrainConfig
+from autodidact.models import load_tiny
+from autodidact.skill_factory import FactoryConfig, SkillFactory, skill_name
+from autodidact.teachers import (
+    CloudDistiller,
+    Completion,
+    FailoverChain,
+    FailoverPolicy,
+    TeacherConfig,
+    Unavailable,
+    build_teacher,
+)
+
+QUESTION = "Who was Brindlemark's first mayor, and when?"
+ANSWER = "Odalys Fenwright, elected in 1847."
+LORA = LoRAConfig(r=8, alpha=16.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                   "down_proj"])
+TRAIN = TrainConfig(lr=1e-2, max_steps=120, precision="32-true", progress_bar=False)
+FACTORY = FactoryConfig(min_heldout_fraction=0.0)
+BACKOFF_S = 30.0
+
+
+@pytest.fixture(scope="module")
+def encoder() -> SentenceEncoder:
+    return get_encoder()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+class Clock:
+    """The queue's clock, moved by hand so backoff needs no sleeping."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Rig:
+    skills: Path
+    manager: LoRAManager
+    router: LoRARouter
+    queue: LearningQueue
+    factory: SkillFactory
+    clock: Clock
+
+
+def offline_distiller() -> CloudDistiller:
+    tc = TeacherConfig.from_cfg({"kind": "offline"})
+    return CloudDistiller(build_teacher(tc), tc.distill)
+
+
+class DownProvider:
+    """A provider whose every request fails the way an outage does (already mapped to our errors)."""
+
+    name = "down"
+    model = "down-1"
+
+    def describe(self) -> str:
+        return "a provider that is down"
+
+    def complete(self, system: str, user: str, timeout: float | None = None) -> Completion:
+        raise Unavailable("HTTP 503 service unavailable", provider=self.name)
+
+
+def down_distiller() -> CloudDistiller:
+    chain = FailoverChain([DownProvider()], FailoverPolicy(max_attempts=1, backoff_base_s=0, jitter=0))
+    return CloudDistiller(chain)
+
+
+@pytest.fixture
+def make_rig(tmp_path, encoder):
+    made: list[Rig] = []
+
+    def make(distiller: CloudDistiller | None = None, train: TrainConfig = TRAIN, max_attempts: int = 3) -> Rig:
+        skills = tmp_path / "skills"
+        router = LoRARouter(RouterConfig(), encoder)
+        manager = LoRAManager(load_tiny(seed=0), skills, router)
+        clock = Clock()
+        queue = LearningQueue.in_skills_dir(
+            skills, policy=QueuePolicy(max_attempts=max_attempts, backoff_base_s=BACKOFF_S), clock=clock
+        )
+        factory = SkillFactory(queue, distiller or offline_distiller(), manager, LORA, train, FACTORY,
+                               work_dir=tmp_path / "work")
+        made.append(rig := Rig(skills, manager, router, queue, factory, clock))
+        return rig
+
+    yield make
+    for rig in made:
+        rig.queue.close()
+
+
+def put(rig: Rig, query: str) -> int:
+    job_id, created = rig.factory.put(LearningEvent(query=query, best_skill=None, confidence=0.0))
+    assert created
+    return job_id
+
+
+def files_in(skills: Path) -> list[str]:
+    """What the skills dir holds besides the queue's own files."""
+    return sorted(p.name for p in skills.iterdir() if not p.name.startswith("queue.sqlite3"))
+
+
+# -- the whole way: event -> verified card -> installed -> routed ----------------------------------
+def test_queued_event_becomes_a_verified_installed_and_routed_skill(make_rig):
+    rig = make_rig()
+    job_id = put(rig, QUESTION)
+
+    [outcome] = rig.factory.drain()
+    assert outcome.state == "done", outcome.reason
+    assert outcome.verified is True and outcome.provider == "offline-demo"
+    name = skill_name(QUESTION)
+    card = rig.skills / f"{name}{SUFFIX}"
+    assert outcome.skill == name and outcome.card == str(card)
+    assert files_in(rig.skills) == [card.name]  # the card, and no temp file beside it
+    assert outcome.rounds[-1]["reference_correct"] and outcome.rounds[-1]["steps"] <= TRAIN.max_steps
+
+    meta = read_card(card).meta
+    assert meta["skill"] == name and meta["verify"]["reference_correct"] is True
+    assert meta["base_model"]["fingerprint"] == rig.manager.bundle.fingerprint and "routing" in meta
+
+    # Installed by the manager, routed to, and it answers the question.
+    assert name in rig.manager.skills and rig.manager.skills[name].path == card
+    route = rig.router.route(QUESTION)
+    assert route.best_skill == name and route.confidence >= 0.4
+    assert answer_is_correct(rig.manager.generate(name, QUESTION), ANSWER)
+    assert not answer_is_correct(rig.manager.generate(None, QUESTION), ANSWER)
+    assert not [a for a in {a for m in lora_layers(rig.manager.model).values() for a in m.adapters}
+                if a.startswith("train_")]  # the training adapter is gone; only the installed skill remains
+
+    job = rig.queue.get(job_id)
+    assert job.state == "done" and job.attempts == 1 and job.errors == []
+    assert job.result["card"] == str(card) and job.result["verified"] is True and job.result["state"] == "done"
+    assert rig.factory.drain() == []  # nothing left to do
+    assert rig.queue.counts() == {"pending": 0, "running": 0, "done": 1, "dead": 0}
+
+
+# -- teacher failures keep the event, with backoff, until it is dead with every reason -------------
+TEACHER_FAILURES = [
+    ("out_of_pack", offline_distiller, "What is the airspeed velocity of an unladen swallow?", "only knows"),
+    ("provider_down", down_distiller, QUESTION, "503"),
+]
+
+
+@pytest.mark.parametrize(("case", "distiller", "query", "phrase"), TEACHER_FAILURES,
+                         ids=[c[0] for c in TEACHER_FAILURES])
+def test_teacher_failure_retries_with_backoff_then_dead_letters_never_drops(make_rig, case, distiller, query,
+                                                                            phrase):
+    rig = make_rig(distiller(), max_attempts=3)
+    job_id = put(rig, query)
+
+    for attempt in (1, 2):
+        outcome = rig.factory.work_one()
+        assert outcome is not None and outcome.state == "retry"
+        assert outcome.reason.startswith("distill: ") and phrase in outcome.reason
+        job = rig.queue.get(job_id)
+        assert job.state == "pending" and job.attempts == attempt and len(job.errors) == attempt
+        assert job.not_before == pytest.approx(rig.clock.now + BACKOFF_S * 2 ** (attempt - 1))
+        assert rig.factory.work_one() is None  # backing off: not handed out again yet
+        rig.clock.advance(BACKOFF_S * 2 ** (attempt - 1) + 1)
+
+    outcome = rig.factory.work_one()
+    assert outcome.state == "dead" and phrase in outcome.reason
+    job = rig.queue.get(job_id)
+    assert job.state == "dead" and job.attempts == 3
+    assert len(job.errors) == 3 and all(e.startswith("distill: ") and phrase in e for e in job.errors)
+    assert "gave up after 3 attempts" in job.errors[-1]
+    rig.clock.advance(10 * BACKOFF_S)
+    assert rig.factory.work_one() is None
+    assert [j.id for j in rig.queue.list()] == [job_id]  # kept, never dropped
+    assert files_in(rig.skills) == [] and rig.manager.skills == {}
+
+
+# -- a skill that cannot be verified is dead-lettered and never deployed ----------------------------
+def test_unverifiable_skill_is_dead_lettered_without_a_card(make_rig):
+    rig = make_rig(train=TrainConfig(lr=1e-2, max_steps=1, precision="32-true", progress_bar=False))
+    job_id = put(rig, QUESTION)
+
+    [outcome] = rig.factory.drain()
+    assert outcome.state == "dead" and outcome.verified is False and outcome.card is None
+    assert len(outcome.rounds) == FACTORY.verify_rounds
+    assert outcome.rounds[1]["steps"] > outcome.rounds[0]["steps"]  # the retry round trained longer
+    assert outcome.reason.startswith("verify: ") and "reference answer was wrong" in outcome.reason
+    job = rig.queue.get(job_id)
+    assert job.state == "dead" and job.errors == [outcome.reason] and job.attempts == 1
+    assert files_in(rig.skills) == []  # no card, not even a temp file
+    assert rig.manager.skills == {} and rig.router.skills == []
+    assert all(not m.adapters for m in lora_layers(rig.manager.model).values())
+    assert rig.factory.drain() == []
+
+
+# -- skill names ------------------------------------------------------------------------------------
+NAMES = [
+    QUESTION,
+    "Qu'est-ce que c'est, \"x=1\", Zürich?",
+    "¿Quién fue el primer alcalde de Brindlemark?",
+    "東京の人口は？",
+    "a=b; rm -rf / && echo 'done' > /dev/null",
+    "../../etc/passwd\x00",
+    "update copy keys items",  # ParameterDict method names must not become the adapter name
+    "?!?",
+    "9" * 400 + " is a long number",
+    "x" * 5000,
+]
+
+
+@pytest.mark.parametrize("query", NAMES, ids=range(len(NAMES)))
+def test_skill_name_is_stable_and_safe_for_files_and_modules(tmp_path, query):
+    name = skill_name(query)
+    assert re.fullmatch(r"[a-z0-9_]+", name), name
+    assert name == skill_name(query) == skill_name(query.upper().lower())
+    assert len((name + SUFFIX).encode()) <= 255
+    (tmp_path / f"{name}{SUFFIX}").write_bytes(b"")  # a legal file name...
+    model = load_tiny(seed=0).model
+    inject_lora(model, ["q_proj"], r=1, alpha=1.0, adapter_name=name)  # ...and a legal adapter name
+
+
+def test_skill_name_follows_the_topic():
+    assert skill_name(QUESTION) == skill_name("who was brindlemark's first mayor and when")
+    assert skill_name(QUESTION).startswith("brindlemarks_first_mayor")
+    assert skill_name(QUESTION) != skill_name("Who was Brindlemark's last mayor, and when?")
