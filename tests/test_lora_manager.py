@@ -381,3 +381,15 @@ def test_unload_removes_skill_from_router_and_model(tmp_path, cards, encoder, ho
     with pytest.raises(KeyError, match="velmorite"):
         manager_logits(manager, "velmorite")
     torch.testing.assert_close(manager_logits(manager, "brindlemark"), card_logits(cards["brindlemark"]))
+
+
+def test_second_file_claiming_an_installed_skill_is_refused_once(tmp_path, cards, encoder, caplog):
+    skills = install_dir(tmp_path, cards, ["brindlemark"])
+    shutil.copyfile(cards["brindlemark_v2"], skills / f"copy_of_brindlemark{SUFFIX}")
+    manager, _ = new_manager(skills, encoder)
+    first = manager.scan()
+    assert first["installed"] == ["brindlemark"]
+    assert len(first["refused"]) == 1 and "already installed from" in first["refused"][0][1]
+    # The installed version stays the first one, and the next scans neither flip-flop nor re-log.
+    torch.testing.assert_close(manager_logits(manager, "brindlemark"), card_logits(cards["brindlemark"]))
+    assert manager.scan() == {"installed": [], "refused": [], "removed": []}

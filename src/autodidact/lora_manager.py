@@ -85,6 +85,10 @@ class LoRAManager:
         with self.lock:
             name = card.skill
             old = self.skills.get(name)
+            if old is not None and old.path != path and old.path.exists():
+                # Two files claiming one skill would replace each other on every scan.
+                raise CardError(path, f"holds skill {name!r}, which is already installed from {old.path}; "
+                                      "remove one of the two files")
             if self.router is not None and routing is not None:
                 self.router.add_skill(name, routing)  # validates the routing key; replaces the old one
             self._detach(name)

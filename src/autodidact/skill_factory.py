@@ -157,8 +157,10 @@ class SkillFactory:
         t0 = time.perf_counter()
         try:
             dist = self.distiller.distill(query)
-        except TeacherError as e:
+        except Exception as e:  # TeacherError or anything a provider raised: never lose the event
             # The teacher may come back: keep the event, back off, try again later.
+            if not isinstance(e, TeacherError):
+                log.exception("job %d: the teacher raised an unexpected error", job.id)
             job = self.queue.fail(job, f"distill: {e}", retry=True)
             outcome.state, outcome.reason = ("dead" if job.state == "dead" else "retry"), f"distill: {e}"
             log.warning("job %d: teacher failed (%s); %s", job.id, e, job.state)
