@@ -91,8 +91,9 @@ class TrainConfig:
     """Compute the loss on answer tokens only."""
     grad_clip: float = 1.0
     """Clip the gradient norm (0 disables)."""
-    precision: str = "32-true"
-    """Lightning precision: 32-true, bf16-mixed, 16-mixed (GPU), bf16-true."""
+    precision: str = "bf16-mixed"
+    """Lightning precision: bf16-mixed (CPU autocast; ~4x faster than 32-true where the CPU has AVX512-BF16),
+    32-true, 16-mixed (GPU), bf16-true. Whether the skill was learned is re-checked in fp32 either way."""
     accelerator: str = "cpu"
     """Lightning accelerator: cpu, gpu, auto."""
     gradient_checkpointing: bool = False
@@ -168,10 +169,15 @@ def answer_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch
 class LoRALightningModule(L.LightningModule):
     """Frozen base + LoRA; AdamW over the ``lora_`` parameters only."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, metric_prefix: str = "") -> None:
+    def __init__(
+        self, model: nn.Module, cfg: TrainConfig, metric_prefix: str = "", confirm_learned=None
+    ) -> None:
         super().__init__()
         self.model = model
         self.cfg = cfg
+        # Under reduced precision an epoch can look learned while fp32 greedy decoding is not there
+        # yet; ``confirm_learned()`` re-checks in fp32 before training stops.
+        self.confirm_learned = confirm_learned
         self.prefix = metric_prefix  # e.g. "skills/<name>/": one loss curve per skill in one W&B run
         # Config only: the network is passed in, never pickled into hparams.
         self.save_hyperparameters({k: v for k, v in asdict(cfg).items()})
@@ -196,8 +202,14 @@ class LoRALightningModule(L.LightningModule):
         self._epoch_exact.clear()
         self._epoch_loss.clear()
         cfg = self.cfg
-        learned = (cfg.stop_when_learned and exact >= 1.0) or (cfg.loss_floor > 0 and loss < cfg.loss_floor)
-        if learned and self.global_step >= cfg.min_steps:
+        if self.global_step < cfg.min_steps:
+            return
+        reproduced = cfg.stop_when_learned and exact >= 1.0
+        if reproduced and self.confirm_learned is not None:
+            with torch.autocast(device_type=self.device.type, enabled=False):
+                reproduced = bool(self.confirm_learned())
+            self.log(self.prefix + "train/fp32_confirmed", float(reproduced))
+        if reproduced or (cfg.loss_floor > 0 and loss < cfg.loss_floor):
             log.info("skill learned after %d steps (epoch exact match %.2f, loss %.4f)", self.global_step, exact, loss)
             self.trainer.should_stop = True
 
@@ -264,7 +276,10 @@ class LoRATrainer:
             seed=cfg.seed,
         )
         dm.val_pairs = list(val_pairs or [])
-        module = LoRALightningModule(model, cfg, metric_prefix)
+        confirm = None
+        if cfg.precision not in ("32-true", "32", "64-true") and cfg.stop_when_learned:
+            confirm = lambda: self.evaluate(pairs)[1] >= 1.0  # noqa: E731
+        module = LoRALightningModule(model, cfg, metric_prefix, confirm_learned=confirm)
         trainer = L.Trainer(
             accelerator=cfg.accelerator,
             devices=1,

@@ -118,9 +118,9 @@ def test_distill_without_a_question_says_how(tmp_path):
         (["stage=distill", "teacher=offline", "query=Who was the first mayor of London?"], 1,
          "offline demo teacher only knows"),
         (["stage=distill", f"teacher.openai.api_key={CANARY}", "query=x"], 2, "in the environment"),
-        (["stage=loop"], 2, "not built yet"),
+        (["stage=bogus"], 2, "unknown stage=bogus"),
     ],
-    ids=["out-of-pack", "key-on-cli", "loop"],
+    ids=["out-of-pack", "key-on-cli", "unknown-stage"],
 )
 def test_user_errors_are_one_clear_message(tmp_path, args, code, message):
     proc = _evolve([*args, f"hydra.run.dir={tmp_path / 'run'}"], _env(), cwd=tmp_path)
