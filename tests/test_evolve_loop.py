@@ -15,13 +15,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 from autodidact.card import SUFFIX
 from autodidact.errors import AutodidactError
 from autodidact.evolve_loop import RESULTS_NAME, Autodidact
-from autodidact.inference.encoder import SentenceEncoder, get_encoder
+from autodidact.inference.encoder import SentenceEncoder
 from autodidact.inference.lora_router import EmptyQueryError, LoRARouter, RouterConfig, build_routing
 from autodidact.learning_queue import LearningQueue, QueuePolicy, topic_key
 from autodidact.lora_manager import LoRAManager
@@ -41,17 +40,7 @@ LEARN_OVERRIDES = ["teacher=offline", "lora=all_linear", "trainer.lr=0.01", "tra
                    "trainer.precision=32-true", "trainer.progress_bar=false", "factory.min_heldout_fraction=0"]
 
 
-@pytest.fixture(scope="module")
-def encoder() -> SentenceEncoder:
-    return get_encoder()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def build_bot(skills: Path, encoder: SentenceEncoder, distiller: CloudDistiller | None = None,

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from autodidact.card import SUFFIX, load_card
-from autodidact.inference.encoder import SentenceEncoder, get_encoder
+from autodidact.inference.encoder import SentenceEncoder
 from autodidact.inference.lora_layer import inject_lora, lora_layers, set_adapter
 from autodidact.inference.lora_router import LoRARouter, RouterConfig, build_routing
 from autodidact.lora_manager import LoRAManager
@@ -55,11 +55,6 @@ SKILLS: dict[str, tuple[list[str], str]] = {
     ),
 }
 _ROUTING: dict[tuple[str, ...], dict] = {}
-
-
-@pytest.fixture(scope="session")
-def encoder() -> SentenceEncoder:
-    return get_encoder()
 
 
 def routing_for(skill: str, encoder: SentenceEncoder) -> dict:

