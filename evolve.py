@@ -33,7 +33,9 @@ def main(cfg: DictConfig) -> None:
             run_distill_stage(cfg, run_dir)
             return
         if cfg.stage == "loop":
-            run_evolve(cfg, run_dir)
+            records = run_evolve(cfg, run_dir)
+            if any("error" in r for r in records):
+                sys.exit(1)  # every record was still printed and saved; the exit code tells scripts
             return
         print(f"error: unknown stage={cfg.stage}; use stage=loop (default) or stage=distill", file=sys.stderr)
         sys.exit(2)

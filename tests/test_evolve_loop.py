@@ -231,3 +231,25 @@ def test_evolve_logs_to_wandb_offline_without_an_account(tmp_path):
     runs = list((run / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and runs[0].is_dir(), sorted(p.name for p in run.rglob("*"))[:50]
     assert list(runs[0].glob("*.wandb")), "the offline run holds no .wandb log"
+
+
+@pytest.mark.parametrize(
+    ("args", "messages"),
+    [
+        (["router.threshold=2", "trainer.lr=-1"], ["threshold=2 must be in (0, 1)", "trainer.lr must be > 0"]),
+        (["lora.target_modules=[foo]"], ["lora.target_modules", "this model has: ", "q_proj"]),
+        (["skills_dir=/proc/autodidact-nope"], ["cannot use skills_dir=/proc/autodidact-nope"]),
+        (["query="], ["the question is empty"]),
+    ],
+    ids=["every-config-problem-at-once", "unknown-target-modules", "unwritable-skills-dir", "empty-query"],
+)
+def test_bad_input_is_one_clear_error_and_a_failing_exit(tmp_path, args, messages):
+    cmd = [sys.executable, "evolve.py", "model=tiny", "model.threads=1", "logger=none", "teacher=offline",
+           f"hydra.run.dir={tmp_path / 'run'}", "query=hello", *args]
+    if not any(a.startswith("skills_dir=") for a in args):
+        cmd.append(f"skills_dir={tmp_path / 'skills'}")
+    proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    for m in messages:
+        assert m in proc.stderr, proc.stderr[-3000:]

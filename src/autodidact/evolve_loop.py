@@ -170,25 +170,39 @@ def read_queries(cfg: DictConfig) -> tuple[list[str], bool]:
 
 def run_evolve(cfg: DictConfig, run_dir: str | Path) -> list[dict]:
     from autodidact.inference.encoder import get_encoder
+    from autodidact.inference.lora_layer import find_targets
     from autodidact.lora_trainer import LoRAConfig, TrainConfig
     from autodidact.teachers import TRANSCRIPT_NAME, CloudDistiller, TeacherConfig, build_teacher
     from autodidact.train_skill import build_logger, load_bundle
 
     run_dir = Path(run_dir)
     queries, demo = read_queries(cfg)
-    router_cfg = RouterConfig.from_mapping(cfg.router)
-    lora = to_dataclass(LoRAConfig, cfg.lora, "lora")
-    train = to_dataclass(TrainConfig, cfg.trainer, "trainer")
-    fcfg = to_dataclass(FactoryConfig, cfg.factory, "factory")
-    mcfg = to_dataclass(ManagerConfig, cfg.manager, "manager")
-    qpolicy = QueuePolicy(**dict(cfg.queue))
-    tc = TeacherConfig.from_cfg(cfg.teacher)
+    # Every section is checked before anything loads, and every problem is reported at once.
+    problems: list[str] = []
+
+    def section(build):
+        try:
+            return build()
+        except AutodidactError as e:
+            problems.append(str(e))
+            return None
+
+    router_cfg = section(lambda: RouterConfig.from_mapping(cfg.router))
+    lora = section(lambda: to_dataclass(LoRAConfig, cfg.lora, "lora"))
+    train = section(lambda: to_dataclass(TrainConfig, cfg.trainer, "trainer"))
+    fcfg = section(lambda: to_dataclass(FactoryConfig, cfg.factory, "factory"))
+    mcfg = section(lambda: to_dataclass(ManagerConfig, cfg.manager, "manager"))
+    qpolicy = section(lambda: QueuePolicy(**dict(cfg.queue)))
+    tc = section(lambda: TeacherConfig.from_cfg(cfg.teacher))
+    if problems:
+        raise ConfigError("\n".join(problems))
     skills_dir = resolve_skills_dir(cfg.get("skills_dir"))
     if demo:
         print(f"[autodidact] demo: {len(queries)} questions from the offline demo knowledge pack "
               f"(fictional facts); skills go to {skills_dir}", file=sys.stderr)
 
     bundle = load_bundle(cfg.model)
+    find_targets(bundle.model, lora.target_modules)  # a wrong lora.target_modules fails now, not mid-learning
     router = LoRARouter(router_cfg, get_encoder(router_cfg.encoder_path))
     manager = LoRAManager(bundle, skills_dir, router, max_loaded=mcfg.max_loaded)
     changes = manager.scan()
@@ -220,6 +234,8 @@ def run_evolve(cfg: DictConfig, run_dir: str | Path) -> list[dict]:
                        "seconds": 0.0, "error": str(e)}
             append_jsonl(run_dir / RESULTS_NAME, rec)
             records.append(rec)
+            if "error" in rec:
+                print(f"error: {rec['error']}", file=sys.stderr)
             print(json.dumps(rec, ensure_ascii=False), flush=True)
     finally:
         queue.close()

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from autodidact.card import SUFFIX, Card, CardError, attach_card, check_card_fits, read_card
+from autodidact.errors import ConfigError
 from autodidact.inference.generate import generate_answer
 from autodidact.inference.lora_layer import delete_adapter, set_adapter
 from autodidact.models import ModelBundle
@@ -56,7 +57,11 @@ class LoRAManager:
             raise ValueError("max_loaded must be >= 1")
         self.bundle = bundle
         self.skills_dir = Path(skills_dir)
-        self.skills_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.skills_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot use skills_dir={self.skills_dir} ({e.strerror}); "
+                              "set skills_dir=DIR to a writable folder") from None
         self.router = router
         self.max_loaded = max_loaded
         self.lock = threading.RLock()

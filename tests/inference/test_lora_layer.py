@@ -19,7 +19,7 @@ from autodidact.inference.lora_layer import (
     mark_only_lora_as_trainable,
     set_adapter,
 )
-from autodidact.models import load_model
+from autodidact.models import load_model, load_tiny
 
 
 @dataclass
@@ -323,3 +323,11 @@ def test_forward_skips_the_update_for_a_merged_adapter() -> None:
         y = layer(x)
         layer.merge()
         assert torch.allclose(layer(x), y, atol=1e-6)  # not applied twice
+
+
+def test_unknown_targets_name_the_layers_that_exist_and_touch_nothing():
+    model = load_tiny().model
+    before = {n for n, _ in model.named_modules()}
+    with pytest.raises(LoRAError, match=r"this model has: .*q_proj"):
+        inject_lora(model, ["foo"], r=4, alpha=8)
+    assert {n for n, _ in model.named_modules()} == before

@@ -148,6 +148,25 @@ class LoRALinear(nn.Module):
 
 
 # -- model-level helpers -------------------------------------------------------------------------
+def find_targets(model: nn.Module, targets: Iterable[str]) -> list[str]:
+    """Qualified names of the linear layers ``targets`` selects (by leaf or full name).
+
+    Raises LoRAError, naming the linear layers that do exist, when nothing matches.
+    """
+    targets = set(targets)
+    found = [
+        q for q, m in model.named_modules()
+        if isinstance(m, (nn.Linear, LoRALinear)) and (q.rsplit(".", 1)[-1] in targets or q in targets)
+    ]
+    if not found:
+        leaves = sorted({q.rsplit(".", 1)[-1] for q, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise LoRAError(
+            f"no linear layer named any of {sorted(targets)} in {type(model).__name__}; set "
+            f"lora.target_modules to names that exist (this model has: {', '.join(leaves)})"
+        )
+    return found
+
+
 def inject_lora(
     model: nn.Module,
     targets: Iterable[str],
@@ -161,27 +180,18 @@ def inject_lora(
     Layers that are already :class:`LoRALinear` get the new adapter beside their old ones.
     Returns the qualified names of the layers that carry the adapter, in module order.
     """
-    targets = set(targets)
-    touched: list[str] = []
-    for qname, module in list(model.named_modules()):
-        leaf = qname.rsplit(".", 1)[-1]
-        if leaf not in targets and qname not in targets:
-            continue
-        if isinstance(module, LoRALinear):
-            layer = module
-        elif isinstance(module, nn.Linear):
-            layer = LoRALinear(module)
-            parent = model.get_submodule(qname.rsplit(".", 1)[0]) if "." in qname else model
-            setattr(parent, leaf, layer)
-        else:
-            continue
+    touched = find_targets(model, targets)
+    modules = dict(model.named_modules())
+    clash = [q for q in touched if isinstance(modules[q], LoRALinear) and adapter_name in modules[q].lora_A]
+    if clash:  # checked up front so a refused injection leaves the model as it was
+        raise LoRAError(f"adapter {adapter_name!r} already exists on {clash[0]}; delete it first")
+    for qname in touched:
+        layer = modules[qname]
+        if not isinstance(layer, LoRALinear):
+            layer = LoRALinear(layer)
+            parent, _, leaf = qname.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, layer)
         layer.add_adapter(adapter_name, r=r, alpha=alpha, dropout=dropout)
-        touched.append(qname)
-    if not touched:
-        raise LoRAError(
-            f"no nn.Linear named any of {sorted(targets)} in {type(model).__name__}; "
-            "set lora.target_modules to names that exist (e.g. q_proj, v_proj)"
-        )
     return touched
 
 
