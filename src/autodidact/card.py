@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from autodidact.errors import AutodidactError
 from autodidact.fileio import atomic_write_bytes
-from autodidact.inference.lora_layer import LoRALinear, inject_lora
+from autodidact.inference.lora_layer import LoRAError, LoRALinear, inject_lora
 
 FORMAT_VERSION = 1
 META_KEY = b"autodidact"
@@ -151,19 +151,18 @@ def read_card(path: str | os.PathLike, max_bytes: int = MAX_CARD_BYTES) -> Card:
                               "it is not a card this system wrote (or was trained with a huge rank)")
     try:
         blob = path.read_bytes()
-        reader = pa.ipc.open_file(pa.BufferReader(blob))
-        table = reader.read_all()
-    except (pa.ArrowException, OSError, ValueError) as e:
-        raise CardError(path, f"is corrupt or truncated, not an Arrow IPC file ({_short(e)}); delete it "
-                              "and let the skill be learned again") from None
-    return _decode(path, table)
+    except OSError as e:
+        raise CardError(path, f"cannot be read ({e.strerror}); check the path") from None
+    return decode_card(blob, path)
 
 
 def decode_card(data: bytes, path: str | os.PathLike | None = None) -> Card:
+    """Decode and check card bytes (``path`` only names them in errors)."""
     try:
         table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
     except (pa.ArrowException, OSError, ValueError) as e:
-        raise CardError(path, f"is corrupt or truncated ({_short(e)})") from None
+        raise CardError(path, f"is corrupt or truncated, not an Arrow IPC file ({_short(e)}); delete it "
+                              "and let the skill be learned again") from None
     return _decode(Path(path) if path else None, table)
 
 
@@ -267,11 +266,12 @@ def attach_card(card: Card, model: nn.Module, fingerprint: str, adapter_name: st
     """
     check_card_fits(card, model, fingerprint)
     name = adapter_name or card.skill
-    taken = [n for n, m in model.named_modules() if isinstance(m, LoRALinear) and name in m.lora_A]
-    if taken:
-        raise CardError(card.path, f"adapter {name!r} is already loaded; unload it before loading it again")
     lo = card.meta["lora"]
-    inject_lora(model, card.layers, r=lo["r"], alpha=lo["alpha"], dropout=0.0, adapter_name=name)
+    try:  # inject_lora refuses a name clash before it touches the model
+        inject_lora(model, card.layers, r=lo["r"], alpha=lo["alpha"], dropout=0.0, adapter_name=name)
+    except LoRAError as e:
+        reason = "is already loaded; unload it before loading it again" if "already exists" in str(e) else str(e)
+        raise CardError(card.path, f"adapter {name!r} {reason}") from None
     modules = dict(model.named_modules())
     for tname, t in card.tensors.items():
         layer, kind = tname.rsplit(".", 1)

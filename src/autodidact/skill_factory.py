@@ -13,6 +13,7 @@ atomic rename.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -204,8 +205,7 @@ class SkillFactory:
         mgr = self.manager
         min_steps, reason = 0, None
         for rnd in range(1, self.config.verify_rounds + 1):
-            tcfg = TrainConfig(**{**self.train.__dict__, "min_steps": min_steps,
-                                  "max_steps": max(self.train.max_steps, min_steps)})
+            tcfg = dataclasses.replace(self.train, min_steps=min_steps, max_steps=max(self.train.max_steps, min_steps))
             trainer = LoRATrainer(mgr.bundle, self.lora, tcfg, logger=self.logger)
             with mgr.lock:
                 delete_adapter(mgr.model, adapter)  # a fresh adapter each round
