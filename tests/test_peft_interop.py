@@ -25,27 +25,13 @@ from autodidact.peft_interop import (
     export_peft,
     import_peft,
 )
+from tests.support.lora_cards import make_card
 
 peft = pytest.importorskip("peft")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ATOL = 1e-5  # measured: 0.0
 IDS = torch.randint(0, 250, (2, 19), generator=torch.Generator().manual_seed(7))
-
-
-def make_card(path, targets=("q_proj", "v_proj"), r=4, alpha=8, dtype="float16", seed=1):
-    """A card whose lora_B is random (a trained adapter is not the identity; a fresh one would be)."""
-    b = load_tiny()
-    inject_lora(b.model, list(targets), r=r, alpha=alpha, adapter_name="s")
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in b.model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    meta = {"skill": "velmora", "base_model": {"name": b.name, "fingerprint": b.fingerprint},
-            "lora": {"r": r, "alpha": alpha, "target_modules": list(targets)},
-            "train": {"loss_initial": 2.5, "loss_final": 0.1, "steps": 12}}
-    return write_card(path, lora_state_dict(b.model, "s"), meta, dtype=dtype)
 
 
 @torch.no_grad()
