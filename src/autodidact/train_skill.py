@@ -29,12 +29,11 @@ def load_bundle(model_cfg: DictConfig) -> ModelBundle:
 
 
 def build_logger(cfg: DictConfig):
-    """Instantiate ``cfg.logger`` (W&B, offline by default) or return None for logger=none."""
-    if cfg.get("logger") is None:
-        return None
-    import hydra
+    """Instantiate ``cfg.logger``: W&B (offline by default; gets the secret-free config and, in a
+    multirun, the sweep as its group), ``logger=csv``, or None for ``logger=none``."""
+    from autodidact.tracking import instantiate_logger
 
-    return hydra.utils.instantiate(cfg.logger)
+    return instantiate_logger(cfg)
 
 
 @dataclass
