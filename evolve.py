@@ -15,18 +15,23 @@ import sys
 
 os.environ.setdefault("WANDB_MODE", "offline")  # W&B never needs an account unless the user opts in
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from autodidact import quiet
 
-from autodidact.cli import rewrite_argv
-from autodidact.errors import AutodidactError
-from autodidact.evolve_loop import run_evolve
-from autodidact.teachers.stage import run_distill_stage
+quiet.early()  # before lightning/transformers/wandb load: their banners and warnings go to the run log
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from autodidact.cli import rewrite_argv  # noqa: E402
+from autodidact.errors import AutodidactError  # noqa: E402
+from autodidact.evolve_loop import run_evolve  # noqa: E402
+from autodidact.teachers.stage import run_distill_stage  # noqa: E402
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    quiet.configure(verbose=bool(cfg.get("verbose", False)))
     run_dir = HydraConfig.get().runtime.output_dir
     try:
         if cfg.stage == "distill":

@@ -9,12 +9,17 @@ import sys
 
 os.environ.setdefault("WANDB_MODE", "offline")
 
-import hydra
-from omegaconf import DictConfig
+from autodidact import quiet
+
+quiet.early()  # before lightning/transformers/wandb load: their banners and warnings go to the run log
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    quiet.configure(verbose=bool(cfg.get("verbose", False)))
     from pathlib import Path
 
     from hydra.core.hydra_config import HydraConfig
