@@ -84,7 +84,7 @@ class DownProvider:
     def describe(self) -> str:
         return "a provider that is down"
 
-    def complete(self, system: str, user: str, timeout: float | None = None) -> Completion:
+    def complete(self, system: str, user: str, timeout: float | None = None, schema=None) -> Completion:
         raise Unavailable("HTTP 503 service unavailable", provider=self.name)
 
 

@@ -14,6 +14,16 @@ Normal replies are the JSON the distiller asks for. By default a question about 
 that fact's pairs (so a loop against this server can really learn it); any other question gets
 generic pairs. Pass ``qa_source(question) -> list[{"question","answer"}] | None`` to serve your own.
 
+Sloppy mode (``TeacherServer(sloppy=True)``) answers the way language models often do instead of
+the way the distiller asks: 10-12 of the pairs (not the number asked for), shuffled, the user's own
+question left out (only rephrasings of it remain), a few items with wrong keys or empty answers, and
+prose around the JSON. Seeded (``seed=``) so a test is repeatable.
+
+Structured output: a request with OpenAI's ``response_format`` gets bare JSON content (no prose, as a
+schema-enforcing API returns); a request with Anthropic ``tools`` + ``tool_choice`` gets a ``tool_use``
+block whose ``input`` is the object. ``structured=False`` makes the server refuse ``response_format``
+with HTTP 400, as OpenAI-compatible servers without that feature do.
+
 Faults (per provider, a queue used up first, then ``fail_always``, then normal replies):
 ``429`` (with ``retry-after``), ``500``, ``503``, ``529`` (Anthropic's overloaded), ``401``,
 ``hang`` (sleeps ``hang_s`` before answering; keep it just past the client timeout),
@@ -27,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import threading
 import time
 from collections import defaultdict, deque
@@ -55,6 +66,8 @@ class RecordedRequest:
     body: dict
     fault: str | None
     question: str = ""
+    structured: bool = False
+    """Whether the request asked for native structured output (response_format / forced tool use)."""
 
 
 @dataclass
@@ -85,10 +98,16 @@ class TeacherServer:
         *,
         hang_s: float = 1.5,
         retry_after: str = "0.05",
+        sloppy: bool = False,
+        seed: int = 0,
+        structured: bool = True,
     ) -> None:
         self.qa_source = qa_source or pack_or_generic_pairs
         self.hang_s = hang_s
         self.retry_after = retry_after
+        self.sloppy = sloppy
+        self.structured = structured
+        self._rng = random.Random(seed)
         self._state = _State()
         self._stopping = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
@@ -175,8 +194,31 @@ def _check(provider: str, faults) -> None:
         raise ValueError(f"unknown fault(s) {bad}; known: {sorted(FAULTS)}")
 
 
-def _reply_text(server: TeacherServer, question: str, fault: str | None) -> str:
+def sloppy_pairs(question: str, pairs: list[dict], rng: random.Random) -> list:
+    """What a language model often returns: 10-12 pairs in its own order, the user's question only
+    rephrased, plus a few items with wrong keys or empty answers."""
+    same = " ".join(question.casefold().split())
+    kept = [p for p in pairs if " ".join(p["question"].casefold().split()) != same]
+    rng.shuffle(kept)
+    kept = kept[: rng.randint(10, 12)]
+    junk = [{"q": kept[0]["question"] if kept else "?", "a": "wrong keys"},
+            {"question": "And what else is there to know?", "answer": ""},
+            {"Question": "Capitalised keys?", "Answer": "also wrong"}]
+    out = kept + junk
+    rng.shuffle(out)
+    return out
+
+
+def _reply_text(server: TeacherServer, question: str, fault: str | None, structured: bool = False) -> str:
     pairs = server.qa_source(question) or []
+    if server.sloppy and fault is None:
+        with server._state.lock:
+            pairs = sloppy_pairs(question, pairs, server._rng)
+        text = json.dumps({"pairs": pairs}, ensure_ascii=False, indent=2)
+        if structured:
+            return text
+        return (f"Sure! Here are some flashcards to help a student learn this fact.\n\n{text}\n\n"
+                "Let me know if you would like more questions or a different format!")
     if fault == "non_json_text":
         return "Sure! Here are some great questions about that topic. 1. Who ... 2. When ..."
     if fault == "wrong_shape":
@@ -209,13 +251,19 @@ def _openai_body(model: str, text: str) -> dict:
     }
 
 
-def _anthropic_body(model: str, text: str) -> dict:
+def _anthropic_body(model: str, text: str, tool: str | None = None) -> dict:
+    content = [{"type": "text", "text": text}]
+    if tool is not None:
+        # A forced tool call: the object itself is the tool's input. A fault that is not JSON stays
+        # text, as a misbehaving API would send it.
+        with contextlib.suppress(json.JSONDecodeError):
+            content = [{"type": "tool_use", "id": "toolu_loopback", "name": tool, "input": json.loads(text)}]
     return {
         "id": "msg_loopback",
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [{"type": "text", "text": text}],
+        "content": content,
         "stop_reason": "end_turn",
         "stop_sequence": None,
         "usage": {"input_tokens": 100, "output_tokens": len(text) // 4},
@@ -261,12 +309,20 @@ def _make_handler(server: TeacherServer):
             question = extract_question(user)
             fault = server._next_fault(provider)
             headers = {k.lower(): v for k, v in self.headers.items()}
-            server._record(RecordedRequest(provider, path, headers, body, fault, question))
+            tool = (body.get("tool_choice") or {}).get("name") if provider == "anthropic" else None
+            structured = bool(body.get("response_format")) or tool is not None
+            server._record(RecordedRequest(provider, path, headers, body, fault, question, structured))
             # A client that gave up (timeout) closed its end: there is nobody left to answer.
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self._respond(provider, body.get("model", "loopback"), question, fault)
+                if body.get("response_format") and not server.structured:
+                    msg = {"error": {"message": "response_format is not supported", "type": "invalid_request_error",
+                                     "code": None}}
+                    self._send(400, json.dumps(msg).encode())
+                    return
+                self._respond(provider, body.get("model", "loopback"), question, fault, structured, tool)
 
-        def _respond(self, provider: str, model: str, question: str, fault: str | None) -> None:
+        def _respond(self, provider: str, model: str, question: str, fault: str | None, structured: bool = False,
+                     tool: str | None = None) -> None:
             if fault in ("401", "429", "500", "503", "529"):
                 code = int(fault)
                 headers = {"retry-after": server.retry_after} if code == 429 else {}
@@ -279,8 +335,8 @@ def _make_handler(server: TeacherServer):
                 return
             if fault == "hang" and server._stopping.wait(server.hang_s):
                 return  # stop() was called mid-hang
-            text = _reply_text(server, question, fault)
-            envelope = _openai_body(model, text) if provider == "openai" else _anthropic_body(model, text)
+            text = _reply_text(server, question, fault, structured)
+            envelope = _openai_body(model, text) if provider == "openai" else _anthropic_body(model, text, tool)
             data = json.dumps(envelope, ensure_ascii=False).encode()
             if fault == "truncated":
                 self.send_response(200)

@@ -30,7 +30,7 @@ def loopback_cfg(server: TeacherServer, kind: str = "failover", **overrides) -> 
                       "timeout": CLIENT_TIMEOUT_S, "max_tokens": 2048},
         "policy": {"max_attempts": 3, "backoff_base_s": 0.01, "backoff_max_s": 0.2, "jitter": 0.5,
                    "cooldown_s": 60.0, "deadline_s": 20.0},
-        "distill": {"n_pairs": 24, "n_heldout": 4, "min_pairs": 12, "max_rounds": 3},
+        "distill": {"n_pairs": 24, "n_heldout": 4, "min_pairs": 6, "max_rounds": 3},
     }
     for key, value in overrides.items():
         if isinstance(value, dict):

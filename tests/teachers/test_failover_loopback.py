@@ -8,7 +8,9 @@ import random
 import pytest
 
 from autodidact.teachers import AllProvidersFailed, BadReply, build_distiller
-from autodidact.teachers.offline import load_pack
+from autodidact.teachers.offline import load_pack, match_fact
+from tests.support.teacher_server import TeacherServer
+from tests.teachers.conftest import loopback_cfg
 
 QUESTION = "Who was Brindlemark's first mayor, and when?"
 ANSWER = "Odalys Fenwright, elected in 1847."
@@ -55,7 +57,8 @@ def test_fault_then_valid_pairs(
     assert result.provider == provider
     assert (teacher_server.count("openai"), teacher_server.count("anthropic")) == (n_openai, n_anthropic)
     assert result.reference.question == QUESTION and result.reference.answer == ANSWER
-    assert len(result.pairs) == 25 and len(result.heldout) == 4  # 24 + the user's own question
+    # the user's question + up to 24 (near-duplicates by meaning dropped)
+    assert 20 <= len(result.pairs) <= 25 and len(result.heldout) == 4
     assert all(p.question and p.answer for p in result.pairs)
     train_q = {p.question for p in result.pairs}
     assert not train_q & {p.question for p in result.heldout}
@@ -150,3 +153,37 @@ def test_loopback_serves_every_pack_fact(teacher_server, make_cfg, tmp_path):
     distiller = build_distiller(make_cfg("openai"), tmp_path / "t.jsonl")
     for fact in load_pack():
         assert distiller.distill(fact.question).reference.answer == fact.answer
+
+
+@pytest.mark.parametrize("structured", [True, False], ids=["structured", "plain-text"])
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_sloppy_teacher_through_the_real_sdks(tmp_path, kind, structured):
+    """Fewer pairs than asked, shuffled, the user's question only rephrased, junk items, prose around
+    the JSON: the reference is still the user's question with the right answer, never "pair 1"."""
+    fact = match_fact(QUESTION, load_pack())
+    with TeacherServer(sloppy=True, seed=3) as server:
+        cfg = loopback_cfg(server, kind, **{kind: {"structured_output": structured}}, distill={"min_pairs": 6})
+        result = build_distiller(cfg, tmp_path / "t.jsonl").distill(QUESTION)
+        requests = server.requests
+    assert all(r.structured == structured for r in requests)
+    if kind == "anthropic" and structured:
+        assert requests[0].body["tool_choice"] == {"type": "tool", "name": "qa_pairs"}
+    if kind == "openai" and structured:
+        assert requests[0].body["response_format"]["json_schema"]["schema"]["required"] == ["pairs"]
+    assert result.reference.question == QUESTION and result.reference.answer == ANSWER
+    assert result.reference_from == "pairs" and result.dropped["invalid"] >= 3
+    paraphrases = {p["question"] for p in fact.heldout + fact.pairs}
+    assert 1 <= len(result.heldout) <= 4 and {p.question for p in result.heldout} <= paraphrases
+    assert len(result.pairs) >= 7  # the reference + what the teacher gave, less held-out
+    assert not {p.question for p in result.pairs} & {p.question for p in result.heldout}
+
+
+def test_server_without_structured_output_gets_plain_text_after_one_400(tmp_path):
+    with TeacherServer(sloppy=True, structured=False) as server:
+        cfg = loopback_cfg(server, "openai", distill={"min_pairs": 6})
+        distiller = build_distiller(cfg, tmp_path / "t.jsonl")
+        result = distiller.distill(QUESTION)
+        distiller.distill("What is the capital of Vashmere?")
+        flags = [r.structured for r in server.requests]
+    assert result.reference.answer == ANSWER
+    assert flags[0] is True and not any(flags[1:])  # refused once, plain text from then on

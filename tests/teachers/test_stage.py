@@ -49,7 +49,7 @@ def test_distill_offline_on_a_fresh_machine(tmp_path):
     assert proc.returncode == 0, proc.stderr
     pairs = [json.loads(line) for line in (run_dir / "pairs.jsonl").read_text().splitlines()]
     assert pairs[0] == {"question": QUESTION, "answer": "Odalys Fenwright, elected in 1847."}
-    assert len(pairs) == 25
+    assert len(pairs) == 24  # the reference + 23: one near-duplicate dropped by meaning
     assert str(run_dir / "pairs.jsonl") in proc.stdout and "teacher_transcript.jsonl" in proc.stdout
     assert "fictional demo data, not from a cloud model" in proc.stdout
     assert json.loads((run_dir / "verify.json").read_text())["reference"]["question"] == QUESTION
@@ -81,7 +81,7 @@ def test_distill_failover_over_loopback_with_openai_503_leaks_no_key(teacher_ser
     ant = by["anthropic"].headers  # this SDK version sends a bearer token; older ones x-api-key
     assert CANARY_ANT in (ant.get("x-api-key"), ant.get("authorization", "").removeprefix("Bearer "))
     assert teacher_server.count("openai") == 3 and teacher_server.count("anthropic") == 1
-    assert "distilled 25 training pairs from anthropic" in proc.stdout
+    assert "distilled 24 training pairs from anthropic" in proc.stdout
     everything = _all_text(run_dir) + proc.stdout + proc.stderr
     assert "HTTP 503" in everything  # the failed exchanges are in the transcript and the log
     assert CANARY not in everything and CANARY_ANT not in everything

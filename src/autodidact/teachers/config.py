@@ -45,6 +45,9 @@ class ProviderSettings:
     """Seconds to wait for one reply."""
     max_tokens: int = 4096
     """Reply length cap; 24+ pairs of JSON need a few thousand tokens."""
+    structured_output: bool = True
+    """Ask for native structured output (OpenAI ``response_format`` JSON schema, Anthropic tool use);
+    a server that refuses it is asked in plain text instead."""
 
 
 @dataclass
@@ -156,7 +159,7 @@ def secrets_of(cfg: TeacherConfig) -> list[str]:
 def _cloud(name: str, s: ProviderSettings):
     provider_cls, _ = CLOUD[name]
     return provider_cls(api_key=s.api_key, base_url=s.base_url, model=s.model, timeout=s.timeout,
-                        max_tokens=s.max_tokens)
+                        max_tokens=s.max_tokens, structured_output=s.structured_output)
 
 
 def build_teacher(

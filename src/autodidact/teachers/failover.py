@@ -107,9 +107,15 @@ class FailoverChain:
         return ready or list(range(len(self.providers)))
 
     def complete(
-        self, system: str, user: str, parse: Callable[[Completion], T] = _identity
+        self,
+        system: str,
+        user: str,
+        parse: Callable[[Completion], T] = _identity,
+        schema: dict | None = None,
     ) -> tuple[T, Completion]:
         """Ask the chain; ``parse`` runs inside the retry loop, so a ``BadReply`` it raises is retried.
+
+        ``schema`` is passed on to each provider, which asks for native structured output with it.
 
         Returns the parsed value and the completion it came from; raises ``AllProvidersFailed``.
         """
@@ -127,7 +133,7 @@ class FailoverChain:
                 t0 = self._clock()
                 completion = None
                 try:
-                    completion = provider.complete(system, user, timeout=remaining)
+                    completion = provider.complete(system, user, timeout=remaining, schema=schema)
                     value = parse(completion)
                 except TeacherError as err:
                     self._record(provider, system, user, attempt, completion, err, self._clock() - t0)

@@ -127,7 +127,9 @@ class OfflineProvider:
     def topics(self) -> list[str]:
         return [f.question for f in self.facts]
 
-    def complete(self, system: str, user: str, timeout: float | None = None) -> Completion:
+    def complete(
+        self, system: str, user: str, timeout: float | None = None, schema: dict | None = None
+    ) -> Completion:
         start = time.monotonic()
         question = extract_question(user)
         fact = match_fact(question, self.facts)

@@ -4,11 +4,19 @@ Both speak one small interface, ``complete(system, user, timeout=None) -> Comple
 SDK exception into our own family (``errors.py``) so that the failover chain never sees SDK classes.
 The SDKs' own retries are switched off (``max_retries=0``): ``failover.py`` is the one retry layer.
 
+Structured output: when the caller passes a JSON ``schema`` and ``structured_output`` is on, OpenAI is
+asked with ``response_format={"type": "json_schema", ...}`` and Anthropic with a forced tool call whose
+``input_schema`` is the schema; either way the reply's JSON comes back as ``Completion.text``, so one
+parser reads every provider. A server that refuses ``response_format`` (many OpenAI-compatible servers
+do, with HTTP 400) is asked again once in plain text, and that provider stays on plain text after.
+
 The API key lives only inside the SDK client; ``repr`` and ``describe`` never show it.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -26,6 +34,7 @@ from autodidact.teachers.errors import (
     Unavailable,
 )
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Completion:
@@ -49,7 +58,9 @@ class Provider(Protocol):
     name: str
     model: str
 
-    def complete(self, system: str, user: str, timeout: float | None = None) -> Completion: ...
+    def complete(
+        self, system: str, user: str, timeout: float | None = None, schema: dict | None = None
+    ) -> Completion: ...
 
     def describe(self) -> str: ...
 
@@ -119,31 +130,62 @@ class _SDKProvider:
     name = "provider"
     key_env = "API_KEY"
 
-    def __init__(self, *, api_key: str, base_url: str, model: str, timeout: float, max_tokens: int) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str,
+        model: str,
+        timeout: float,
+        max_tokens: int,
+        structured_output: bool = True,
+    ) -> None:
         if not api_key:
             raise AuthFailed(f"no API key: set {self.key_env}", provider=self.name)
         self.base_url = base_url
         self.model = model
         self.timeout = float(timeout)
         self.max_tokens = int(max_tokens)
+        self.structured_output = bool(structured_output)
         self._client = self._make_client(api_key)
 
     def _make_client(self, api_key: str):  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def _request(self, system: str, user: str, timeout: float) -> tuple[str, str, dict[str, int]]:
+    def _request(
+        self, system: str, user: str, timeout: float, schema: dict | None
+    ) -> tuple[str, str, dict[str, int]]:
         raise NotImplementedError  # pragma: no cover - overridden
 
-    def complete(self, system: str, user: str, timeout: float | None = None) -> Completion:
+    def complete(
+        self, system: str, user: str, timeout: float | None = None, schema: dict | None = None
+    ) -> Completion:
+        """One request; ``schema`` (a JSON schema) asks for native structured output where it is on."""
         timeout = self.timeout if timeout is None else min(self.timeout, timeout)
         start = time.monotonic()
+        structured = schema if self.structured_output else None
         try:
-            text, model, usage = self._request(system, user, timeout)
+            try:
+                text, model, usage = self._request(system, user, timeout, structured)
+            except Exception as exc:
+                err = exc if isinstance(exc, TeacherError) else map_sdk_error(exc, self.name, self._key_hint)
+                if structured is None or not isinstance(err, Rejected):
+                    raise
+                # An OpenAI-compatible server without structured output: say so once, then plain text.
+                log.warning("%s refused structured output (%s); asking in plain text from now on "
+                            "(teacher.%s.structured_output=false skips the try)", self.name, err, self.name)
+                self.structured_output = False
+                remaining = max(0.1, timeout - (time.monotonic() - start))
+                text, model, usage = self._request(system, user, remaining, None)
         except TeacherError:
             raise
         except Exception as exc:  # every SDK/transport failure becomes one of ours
-            raise map_sdk_error(exc, self.name, f"{self.key_env} / teacher.{self.name}.api_key") from exc
+            raise map_sdk_error(exc, self.name, self._key_hint) from exc
         return Completion(text, self.name, model, time.monotonic() - start, usage)
+
+    @property
+    def _key_hint(self) -> str:
+        return f"{self.key_env} / teacher.{self.name}.api_key"
 
     def describe(self) -> str:
         return f"{self.name}({self.model} @ {self.base_url})"
@@ -162,12 +204,21 @@ class OpenAIProvider(_SDKProvider):
     def _make_client(self, api_key: str) -> openai.OpenAI:
         return openai.OpenAI(api_key=api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0)
 
-    def _request(self, system: str, user: str, timeout: float) -> tuple[str, str, dict[str, int]]:
+    def _request(
+        self, system: str, user: str, timeout: float, schema: dict | None
+    ) -> tuple[str, str, dict[str, int]]:
+        extra = {}
+        if schema is not None:
+            extra["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": schema.get("title", "reply"), "schema": schema, "strict": True},
+            }
         resp = self._client.chat.completions.create(
             model=self.model,
             messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
             max_tokens=self.max_tokens,
             timeout=timeout,
+            **extra,
         )
         if not getattr(resp, "choices", None):
             raise BadReply(f"reply has no choices: {_short(repr(resp))}", provider=self.name)
@@ -189,18 +240,32 @@ class AnthropicProvider(_SDKProvider):
     def _make_client(self, api_key: str) -> anthropic.Anthropic:
         return anthropic.Anthropic(api_key=api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0)
 
-    def _request(self, system: str, user: str, timeout: float) -> tuple[str, str, dict[str, int]]:
+    def _request(
+        self, system: str, user: str, timeout: float, schema: dict | None
+    ) -> tuple[str, str, dict[str, int]]:
+        extra = {}
+        if schema is not None:
+            # Anthropic's structured output is a tool the model must call; its input is the JSON.
+            tool = schema.get("title", "reply")
+            extra["tools"] = [{"name": tool, "description": schema.get("description", "Record the reply."),
+                               "input_schema": schema}]
+            extra["tool_choice"] = {"type": "tool", "name": tool}
         resp = self._client.messages.create(
             model=self.model,
             system=system,
             messages=[{"role": "user", "content": user}],
             max_tokens=self.max_tokens,
             timeout=timeout,
+            **extra,
         )
         blocks = getattr(resp, "content", None)
         if not isinstance(blocks, list):
             raise BadReply(f"reply has no content blocks: {_short(repr(resp))}", provider=self.name)
-        text = "".join(getattr(b, "text", "") for b in blocks if getattr(b, "type", None) == "text")
+        calls = [b for b in blocks if getattr(b, "type", None) == "tool_use"]
+        if calls:
+            text = json.dumps(getattr(calls[0], "input", None), ensure_ascii=False)
+        else:
+            text = "".join(getattr(b, "text", "") for b in blocks if getattr(b, "type", None) == "text")
         if not text.strip():
             raise BadReply("reply has no text content", provider=self.name)
         usage = {}

@@ -48,7 +48,9 @@ class ReplayProvider:
     def describe(self) -> str:
         return f"replay of {self.path} (no provider is called)"
 
-    def complete(self, system: str, user: str, timeout: float | None = None) -> Completion:
+    def complete(
+        self, system: str, user: str, timeout: float | None = None, schema: dict | None = None
+    ) -> Completion:
         queue = self._replies.get((system, user))
         if not queue:
             raise ReplayMiss(
