@@ -201,6 +201,23 @@ def _drop(key: str) -> Callable[[dict], dict]:
     return lambda m: {k: v for k, v in m.items() if k != key}
 
 
+def _special(d: Path, make: Callable[[Path], object]) -> Path:
+    p = d / "special.lora.arrow"
+    make(p)
+    return p
+
+
+def _compressed(src: Path, dst: Path) -> Path:
+    """The same card, its record batches LZ4-compressed (each buffer then states its own decoded size)."""
+    with pa.memory_map(str(src)) as f:
+        table = pa.ipc.open_file(f).read_all()
+    with pa.OSFile(str(dst), "wb") as sink, pa.ipc.new_file(
+        sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="lz4")
+    ) as w:
+        w.write_table(table)
+    return dst
+
+
 NAN_F32 = b"\x00\x00\xc0\x7f"  # float32 NaN, little-endian
 
 
@@ -324,6 +341,31 @@ REFUSALS = [
                 rows=lambda rs: [{**r, "name": r["name"].replace("self_attn.q_proj", "input_layernorm")}
                                  for r in rs]),
             "has no linear layer 'model.layers.0.input_layernorm'"),
+    # Found by tests/test_card_fuzz.py: each was a hang, an unbounded read, a huge allocation or a raw
+    # exception before card.py checked for it.
+    Refusal("fifo", lambda g, d: _special(d, lambda p: os.mkfifo(p)), "not a regular file"),
+    Refusal("symlink-to-dev-zero", lambda g, d: _special(d, lambda p: p.symlink_to("/dev/zero")),
+            "not a regular file"),
+    Refusal("compressed-batches", lambda g, d: _compressed(g, d / "x.lora.arrow"), "compressed record batches"),
+    Refusal("metadata-deeply-nested", lambda g, d: _rewrite(g, d / "x.lora.arrow", raw_meta=b"[" * 100_000),
+            "not valid JSON"),
+    Refusal("metadata-int-past-digit-limit",
+            lambda g, d: _rewrite(g, d / "x.lora.arrow", raw_meta=b'{"format_version": ' + b"1" * 5000 + b"}"),
+            "not valid JSON"),
+    Refusal("alpha-too-big-for-float",
+            lambda g, d: _rewrite(g, d / "x.lora.arrow", meta=_set("lora", {"r": 4, "alpha": 10**400})),
+            "alpha="),
+    Refusal("name-path-trick",
+            lambda g, d: _rewrite(g, d / "x.lora.arrow",
+                                  rows=lambda rs: [{**r, "name": "../../" + r["name"]} for r in rs]),
+            "not a plain layer path"),
+    Refusal("name-inside-a-lora-wrapper",
+            lambda g, d: _rewrite(g, d / "x.lora.arrow",
+                                  rows=lambda rs: [{**r, "name": r["name"].replace("q_proj.", "q_proj.base_layer.")}
+                                                   for r in rs]),
+            "not a plain layer path"),
+    Refusal("skill-with-a-slash", lambda g, d: _rewrite(g, d / "x.lora.arrow", meta=_set("skill", "../evil")),
+            "not usable as a skill name"),
     Refusal("wrong-base-seed-1", lambda g, d: g, "fingerprint", into=lambda: load_tiny(seed=1)),
     Refusal("wrong-base-hidden-32", lambda g, d: g, "fingerprint", into=lambda: load_tiny(seed=0, hidden=32)),
     # Even with the fingerprint check out of the way, tensors sized for hidden 64 don't fit hidden 32.

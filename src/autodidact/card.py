@@ -15,6 +15,14 @@ No pickle anywhere: a card is data, so loading a hostile one can at worst be ref
 through a temp file and a rename, so a reader (or a crash) never sees half a card. Every check a
 load makes raises :class:`CardError` naming the file and what to do, never an error from inside
 torch or Arrow.
+
+Reading trusts nothing the file claims. Only a regular file of at most ``MAX_CARD_BYTES`` is read (a
+FIFO or device would block or never end). The Arrow messages are walked one by one: dictionary batches
+and compressed bodies are refused *before* Arrow decodes them (a compressed buffer states its own
+decompressed size, so a 1 KB file could make Arrow allocate gigabytes), each batch is fully validated
+(offsets inside their buffers) before a value is read, the row count is capped, every shape is checked
+against the byte count it implies before any tensor is made, and names are checked as plain
+``a.b.c`` module paths before they are looked up in a model.
 """
 
 from __future__ import annotations
@@ -22,12 +30,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import stat
+import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import torch.nn as nn
 
@@ -55,6 +67,14 @@ SCHEMA = pa.schema(
     ]
 )
 REQUIRED_META = ("format_version", "skill", "base_model", "lora", "train", "created_at")
+MAX_ROWS = 4096  # a real card has 2 rows per adapted layer: SmolLM2 with every linear layer is 420
+ARROW_MAGIC = b"ARROW1"
+# A tensor name is a module path of plain components; the wrapper's own submodules are not layers.
+_LAYER_PATH = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
+_NOT_A_LAYER = {"base_layer", "lora_A", "lora_B", "lora_dropout"}
+MAX_NAME_CHARS = 300
+# A skill name becomes an adapter (parameter) name, a log word and often part of a file name.
+_SKILL_NAME = re.compile(r"\w[\w\- ]{0,199}")
 
 
 class CardError(AutodidactError):
@@ -143,27 +163,107 @@ def read_card(path: str | os.PathLike, max_bytes: int = MAX_CARD_BYTES) -> Card:
     """Read and check a card on its own (format, metadata, dtypes, byte counts). No model needed."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        # O_NONBLOCK: opening a FIFO planted under a card's name must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
         raise CardError(path, f"cannot be read ({e.strerror}); check the path") from None
-    if size > max_bytes:
-        raise CardError(path, f"is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB card limit; "
-                              "it is not a card this system wrote (or was trained with a huge rank)")
     try:
-        blob = path.read_bytes()
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CardError(path, "is not a regular file (a directory, pipe or device); remove it from the "
+                                  "skills directory")
+        if st.st_size > max_bytes:
+            raise CardError(path, f"is {st.st_size / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB card "
+                                  "limit; it is not a card this system wrote (or was trained with a huge rank)")
+        with os.fdopen(fd, "rb", closefd=True) as f:
+            fd = -1
+            blob = f.read(max_bytes + 1)  # never more than the limit, even if the file grew meanwhile
     except OSError as e:
         raise CardError(path, f"cannot be read ({e.strerror}); check the path") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if len(blob) > max_bytes:
+        raise CardError(path, f"grew past the {max_bytes / 2**20:.0f} MB card limit while being read")
     return decode_card(blob, path)
 
 
 def decode_card(data: bytes, path: str | os.PathLike | None = None) -> Card:
     """Decode and check card bytes (``path`` only names them in errors)."""
+    path = Path(path) if path else None
+    if len(data) > MAX_CARD_BYTES:
+        raise CardError(path, f"is {len(data) / 2**20:.1f} MB, over the {MAX_CARD_BYTES / 2**20:.0f} MB card limit")
+    return _decode(path, _read_table(data, path))
+
+
+def _corrupt(path: Path | None, why: str) -> CardError:
+    return CardError(path, f"is corrupt or truncated, not an Arrow IPC file ({why}); delete it "
+                           "and let the skill be learned again")
+
+
+def _read_table(data: bytes, path: Path | None) -> pa.Table:
+    """The card's one table, read without letting the file size any allocation."""
+    if len(data) < 2 * len(ARROW_MAGIC) + 4 or data[:6] != ARROW_MAGIC or data[-6:] != ARROW_MAGIC:
+        raise _corrupt(path, "no Arrow file magic at both ends")
+    buf = pa.py_buffer(data)
+    schema: pa.Schema | None = None
+    batches: list[pa.RecordBatch] = []
+    rows = 0
     try:
-        table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
-    except (pa.ArrowException, OSError, ValueError) as e:
-        raise CardError(path, f"is corrupt or truncated, not an Arrow IPC file ({_short(e)}); delete it "
-                              "and let the skill be learned again") from None
-    return _decode(Path(path) if path else None, table)
+        # The file is a stream of messages (schema, batches) between the magic and the footer; walk it.
+        reader = pa.ipc.MessageReader.open_stream(pa.BufferReader(buf[8:]))
+        while True:
+            try:
+                msg = reader.read_next_message()
+            except StopIteration:
+                break
+            if schema is None:
+                if msg.type != "schema":
+                    raise _corrupt(path, f"first message is a {msg.type}, not the schema")
+                schema = pa.ipc.read_schema(msg)
+            elif msg.type == "record batch":
+                if _is_compressed(msg.metadata.to_pybytes()):
+                    raise CardError(path, "has compressed record batches; cards are written uncompressed "
+                                          "(a compressed body could claim any size); re-export the card")
+                batch = pa.ipc.read_record_batch(msg, schema)
+                batch.validate(full=True)  # offsets inside their buffers before any value is read
+                batches.append(batch)
+                rows += batch.num_rows
+                if rows > MAX_ROWS or len(batches) > MAX_ROWS:
+                    raise CardError(path, f"has over {MAX_ROWS} tensors or batches; no LoRA card is that large")
+            else:
+                raise CardError(path, f"holds a {msg.type} message; a card has one schema and record batches")
+        if schema is None:
+            raise _corrupt(path, "no schema")
+        # The footer must describe the same file (the walk above ignored it).
+        footer = pa.ipc.open_file(buf)
+        if footer.num_record_batches != len(batches) or not footer.schema.equals(schema, check_metadata=True):
+            raise _corrupt(path, "its footer does not match its contents")
+        return pa.Table.from_batches(batches, schema)
+    except CardError:
+        raise
+    except (pa.ArrowException, OSError, ValueError, struct.error) as e:
+        raise _corrupt(path, _short(e)) from None
+
+
+def _is_compressed(fb: bytes) -> bool:
+    """Whether a record-batch message sets ``RecordBatch.compression`` (Arrow ``Message.fbs``).
+
+    A minimal flatbuffer walk: Message field 2 is the header union's value, RecordBatch field 3 is
+    ``compression``. Out-of-range offsets raise ``struct.error`` (reported as a corrupt card).
+    """
+
+    def field(table: int, index: int) -> int | None:
+        vtable = table - struct.unpack_from("<i", fb, table)[0]
+        vt_size = struct.unpack_from("<H", fb, vtable)[0]
+        slot = 4 + 2 * index
+        off = struct.unpack_from("<H", fb, vtable + slot)[0] if slot + 2 <= vt_size else 0
+        return table + off if off else None
+
+    header = field(struct.unpack_from("<I", fb, 0)[0], 2)
+    if header is None:
+        return False
+    return field(header + struct.unpack_from("<I", fb, header)[0], 3) is not None
 
 
 def _short(e: Exception) -> str:
@@ -171,51 +271,83 @@ def _short(e: Exception) -> str:
     return s[:160]
 
 
-def _decode(path: Path | None, table: pa.Table) -> Card:
-    raw = (table.schema.metadata or {}).get(META_KEY)
+def _show(value: object, limit: int = 60) -> str:
+    """``repr`` of a value read from a file, cut short: a message must not carry a hostile megabyte."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_meta(path: Path | None, raw: bytes | None) -> dict:
     if raw is None:
         raise CardError(path, "has no 'autodidact' metadata; it is an Arrow file but not a skill card")
     try:
         meta = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, a number past int's digit limit, deep nesting
         raise CardError(path, "metadata is not valid JSON (the file is damaged)") from None
     if not isinstance(meta, dict):
         raise CardError(path, "metadata is not a JSON object")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CardError(path, f"format_version {version!r} is not supported (this autodidact reads "
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise CardError(path, f"format_version {_show(version)} is not supported (this autodidact reads "
                               f"version {FORMAT_VERSION}); upgrade autodidact or re-export the card")
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise CardError(path, f"metadata lacks {', '.join(missing)}")
-    if not isinstance(meta["skill"], str) or not meta["skill"]:
+    skill = meta["skill"]
+    if not isinstance(skill, str) or not skill:
         raise CardError(path, "metadata 'skill' must be a non-empty string")
+    if not _SKILL_NAME.fullmatch(skill) or skill.endswith(" ") or hasattr(nn.ParameterDict, skill):
+        raise CardError(path, f"metadata 'skill' {_show(skill)} is not usable as a skill name; use up to 200 "
+                              "letters, digits, '_', '-' or spaces, starting with a letter or digit "
+                              "(e.g. velmora_lighthouse)")
     bm, lo = meta["base_model"], meta["lora"]
     if not isinstance(bm, dict) or not isinstance(bm.get("fingerprint"), str):
         raise CardError(path, "metadata 'base_model' must hold a 'fingerprint' string")
-    if not isinstance(lo, dict) or not isinstance(lo.get("r"), int) or not isinstance(lo.get("alpha"), (int, float)):
+    if not isinstance(lo, dict) or type(lo.get("r")) is not int or type(lo.get("alpha")) not in (int, float):
         raise CardError(path, "metadata 'lora' must hold integer 'r' and numeric 'alpha'")
-    if lo["r"] < 1 or not math.isfinite(lo["alpha"]):
-        raise CardError(path, f"metadata 'lora' has r={lo['r']}, alpha={lo['alpha']}")
+    try:
+        alpha_ok = math.isfinite(float(lo["alpha"]))
+    except OverflowError:  # an integer too large for a float
+        alpha_ok = False
+    if lo["r"] < 1 or not alpha_ok:
+        raise CardError(path, f"metadata 'lora' has r={_show(lo['r'])}, alpha={_show(lo['alpha'])}")
+    targets = lo.get("target_modules", [])
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise CardError(path, "metadata 'lora.target_modules' must be a list of layer names")
+    if not isinstance(meta["train"], dict) or not isinstance(meta["created_at"], str):
+        raise CardError(path, "metadata 'train' must be an object and 'created_at' a string")
+    return meta
+
+
+def _decode(path: Path | None, table: pa.Table) -> Card:
+    meta = _check_meta(path, (table.schema.metadata or {}).get(META_KEY))
     if [(f.name, str(f.type)) for f in table.schema] != [(f.name, str(f.type)) for f in SCHEMA]:
-        raise CardError(path, f"columns are {table.schema.names}, expected name, shape, dtype, data")
+        raise CardError(path, f"columns are {_show(table.schema.names, 200)}, expected name, shape, dtype, data")
+    shape_lengths = pc.list_value_length(table.column("shape"))
+    if table.num_rows and (shape_lengths.null_count or pc.min_max(shape_lengths).as_py() != {"min": 2, "max": 2}):
+        raise CardError(path, "has a tensor whose shape is not 2-D; LoRA tensors are 2-D")
 
     tensors: dict[str, torch.Tensor] = {}
-    for row in table.to_pylist():
-        name, shape, dtype, data = row["name"], row["shape"], row["dtype"], row["data"]
+    columns = [table.column(c).to_pylist() for c in ("name", "shape", "dtype", "data")]
+    for name, shape, dtype, data in zip(*columns, strict=True):
         if not isinstance(name, str) or not name.endswith((".lora_A", ".lora_B")):
-            raise CardError(path, f"row {name!r} is not a LoRA tensor (names end in .lora_A or .lora_B)")
+            raise CardError(path, f"row {_show(name)} is not a LoRA tensor (names end in .lora_A or .lora_B)")
+        layer = name.rsplit(".", 1)[0]
+        if (len(name) > MAX_NAME_CHARS or not _LAYER_PATH.fullmatch(layer)
+                or _NOT_A_LAYER.intersection(layer.split("."))):
+            raise CardError(path, f"tensor name {_show(name)} is not a plain layer path (like "
+                                  "model.layers.0.self_attn.q_proj.lora_A); the card is damaged or hostile")
         if name in tensors:
             raise CardError(path, f"tensor {name!r} appears twice")
         if dtype not in DTYPES:
-            raise CardError(path, f"tensor {name!r} has dtype {dtype!r}; supported: {', '.join(DTYPES)}")
-        if not shape or len(shape) != 2 or any(s is None or s < 1 for s in shape):
-            raise CardError(path, f"tensor {name!r} has shape {shape}; LoRA tensors are 2-D")
+            raise CardError(path, f"tensor {name!r} has dtype {_show(dtype)}; supported: {', '.join(DTYPES)}")
+        if any(s is None or s < 1 for s in shape):
+            raise CardError(path, f"tensor {name!r} has shape {_show(shape)}; LoRA tensors are 2-D")
         tdt, npdt = DTYPES[dtype]
-        expected = shape[0] * shape[1] * np.dtype(npdt).itemsize
+        expected = shape[0] * shape[1] * np.dtype(npdt).itemsize  # Python ints: no overflow
         if data is None or len(data) != expected:
             raise CardError(path, f"tensor {name!r}: {0 if data is None else len(data)} bytes of data, shape "
-                                  f"{shape} {dtype} needs {expected}; the card is damaged")
+                                  f"{_show(shape)} {dtype} needs {_show(expected, 30)}; the card is damaged")
         arr = np.frombuffer(data, dtype=npdt).reshape(shape)
         t = torch.from_numpy(arr.copy())
         t = t.view(torch.bfloat16) if dtype == "bfloat16" else t.to(tdt)
@@ -224,7 +356,7 @@ def _decode(path: Path | None, table: pa.Table) -> Card:
         tensors[name] = t
     if not tensors:
         raise CardError(path, "holds no tensors")
-    r = lo["r"]
+    r = meta["lora"]["r"]
     for name, t in tensors.items():
         layer, kind = name.rsplit(".", 1)
         twin = f"{layer}.{'lora_B' if kind == 'lora_A' else 'lora_A'}"
