@@ -75,6 +75,7 @@ _NOT_A_LAYER = {"base_layer", "lora_A", "lora_B", "lora_dropout"}
 MAX_NAME_CHARS = 300
 # A skill name becomes an adapter (parameter) name, a log word and often part of a file name.
 _SKILL_NAME = re.compile(r"\w[\w\- ]{0,199}")
+_PARAMETER_DICT = nn.ParameterDict()  # adapter names may not shadow its methods or attributes ('copy', 'training')
 
 
 class CardError(AutodidactError):
@@ -296,7 +297,7 @@ def _check_meta(path: Path | None, raw: bytes | None) -> dict:
     skill = meta["skill"]
     if not isinstance(skill, str) or not skill:
         raise CardError(path, "metadata 'skill' must be a non-empty string")
-    if not _SKILL_NAME.fullmatch(skill) or skill.endswith(" ") or hasattr(nn.ParameterDict, skill):
+    if not _SKILL_NAME.fullmatch(skill) or skill.endswith(" ") or hasattr(_PARAMETER_DICT, skill):
         raise CardError(path, f"metadata 'skill' {_show(skill)} is not usable as a skill name; use up to 200 "
                               "letters, digits, '_', '-' or spaces, starting with a letter or digit "
                               "(e.g. velmora_lighthouse)")

@@ -3,6 +3,11 @@
 Each record holds provider, model, request, reply, latency, token usage and error. ``replay.py`` serves
 the replies back, so a run can be reproduced offline without paying for the teacher twice.
 Any known secret is scrubbed from every string before it is written.
+
+A disk that refuses the write (full, read-only) raises :class:`~autodidact.fileio.StorageError`, which
+names the file and what to do; the transcript keeps every earlier record and never a torn line, so it
+can still be replayed. The error is not swallowed: a transcript with a hole would replay differently,
+so the distillation fails and its learning event stays queued for a retry.
 """
 
 from __future__ import annotations
@@ -49,7 +54,10 @@ class Transcript:
         error: TeacherError | None = None,
         latency_s: float | None = None,
     ) -> None:
-        """Append one exchange: a reply, an error, or a reply that failed to parse (both)."""
+        """Append one exchange: a reply, an error, or a reply that failed to parse (both).
+
+        Raises :class:`~autodidact.fileio.StorageError` if the disk refuses the record.
+        """
         rec = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "provider": provider,
