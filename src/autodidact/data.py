@@ -92,14 +92,28 @@ def end_of_turn_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
-def prompt_ids(tokenizer, question: str) -> list[int]:
-    """Token ids of the chat-templated user turn plus the assistant header (generation prompt)."""
-    out = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True
+CHATML_USER = "<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def prompt_text(tokenizer, question: str) -> str:
+    """The prompt as text: the user turn and the assistant header, nothing else.
+
+    ChatML templates (SmolLM2, Qwen) prepend a default system turn when none is given: SmolLM2's
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face" is 20 of the 38 prompt
+    tokens of a typical question, a third of every training example (1213 -> 795 tokens for the
+    shipped example set). Training and serving both build prompts here, so dropping it changes
+    nothing a skill sees. Other templates are used as they are.
+    """
+    if "<|im_start|>" in (getattr(tokenizer, "chat_template", None) or ""):
+        return CHATML_USER.format(question=question)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
     )
-    if isinstance(out, dict) or hasattr(out, "input_ids"):  # transformers 5 returns a BatchEncoding
-        out = out["input_ids"]
-    return list(out)
+
+
+def prompt_ids(tokenizer, question: str) -> list[int]:
+    """Token ids of the user turn plus the assistant header (the generation prompt)."""
+    return list(tokenizer(prompt_text(tokenizer, question), add_special_tokens=False)["input_ids"])
 
 
 def encode_pair(tokenizer, pair: QAPair, max_length: int, mask_prompt: bool = True) -> dict[str, list[int]]:
@@ -110,8 +124,12 @@ def encode_pair(tokenizer, pair: QAPair, max_length: int, mask_prompt: bool = Tr
     return {"input_ids": ids, "labels": labels[:max_length]}
 
 
-def collate(batch: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example in the batch (dynamic padding: no wasted compute)."""
+def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example in the batch (dynamic padding: no wasted compute).
+
+    Examples may carry ``hidden`` (T, C): cached activations of the frozen layers below the
+    lowest adapter (see ``LoRATrainer``); they are padded with zeros into ``hidden`` (B, T, C).
+    """
     n = max(len(b["input_ids"]) for b in batch)
     ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), n), IGNORE, dtype=torch.long)
@@ -121,7 +139,14 @@ def collate(batch: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.T
         ids[i, :k] = torch.tensor(b["input_ids"])
         labels[i, :k] = torch.tensor(b["labels"])
         mask[i, :k] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    out = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    if "hidden" in batch[0]:
+        h0 = batch[0]["hidden"]
+        hidden = torch.zeros((len(batch), n, h0.shape[-1]), dtype=h0.dtype)  # (B, T, C)
+        for i, b in enumerate(batch):
+            hidden[i, : len(b["hidden"])] = b["hidden"]
+        out["hidden"] = hidden
+    return out
 
 
 class QADataModule(L.LightningDataModule):
@@ -137,6 +162,7 @@ class QADataModule(L.LightningDataModule):
         mask_prompt: bool = True,
         val_fraction: float = 0.0,
         seed: int = 0,
+        prepare_examples=None,
     ) -> None:
         super().__init__()
         if pairs is None and path is None:
@@ -152,10 +178,15 @@ class QADataModule(L.LightningDataModule):
         self.val_pairs = pairs_shuffled[:n_val]
         self.train_pairs = pairs_shuffled[n_val:]
         self.seed = seed
+        # Called once on each encoded split, e.g. to attach cached frozen-layer activations.
+        self.prepare_examples = prepare_examples
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    def _encode(self, pairs: list[QAPair]) -> list[dict[str, list[int]]]:
-        return [encode_pair(self.tokenizer, p, self.max_length, self.mask_prompt) for p in pairs]
+    def _encode(self, pairs: list[QAPair]) -> list[dict]:
+        examples = [encode_pair(self.tokenizer, p, self.max_length, self.mask_prompt) for p in pairs]
+        if self.prepare_examples is not None and examples:
+            self.prepare_examples(examples)
+        return examples
 
     def setup(self, stage: str | None = None) -> None:
         self.train_set = self._encode(self.train_pairs)
