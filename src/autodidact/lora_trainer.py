@@ -9,6 +9,9 @@ Two choices that matter for time-to-skill on a CPU:
 * The vocabulary projection (49k x 576 for SmolLM2, a fifth of the model's FLOPs) is applied
   only at positions whose next token is a label, not at every prompt position: the loss is the
   same, the work is not.
+* Layers below the lowest adapter are frozen and see the same tokens every epoch: their output
+  is computed once per example and cached, and each step runs forward *and* backward only from
+  the lowest adapter up (``TrainConfig.cache_frozen_layers``; Llama/Qwen-shaped models).
 * Training stops as soon as the skill is learned instead of after a fixed number of epochs:
   when, over a whole epoch, every answer token is the argmax given the gold prefix — which is
   exactly "greedy decoding reproduces every training answer, end-of-turn included" — or the loss
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,13 +35,15 @@ from lightning.pytorch.callbacks import RichProgressBar
 
 from autodidact.config import check_dataclass
 from autodidact.data import IGNORE, QADataModule, QAPair, collate, encode_pair
+from autodidact.errors import ConfigError
 from autodidact.inference.lora_layer import (
+    find_targets,
     inject_lora,
     lora_state_dict,
     mark_only_lora_as_trainable,
     set_adapter,
 )
-from autodidact.models import ModelBundle
+from autodidact.models import ModelBundle, decoder_layers, forward_from_layer, hidden_before_layer
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +60,16 @@ class LoRAConfig:
     """Dropout on the adapter's input; 0 keeps the learned-check exact and training deterministic."""
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     """Leaf names of the nn.Linear layers that get an adapter (PEFT's target_modules)."""
+    layers_to_transform: list[int] | None = None
+    """Decoder layer indices that get adapters (PEFT's layers_to_transform); null: every layer."""
 
     def problems(self) -> list[str]:
         p = []
+        if self.layers_to_transform is not None and (
+            not self.layers_to_transform or any(i < 0 for i in self.layers_to_transform)
+        ):
+            p.append(f"lora.layers_to_transform must be null or a non-empty list of layer indices >= 0 "
+                     f"(got {self.layers_to_transform})")
         if self.r < 1:
             p.append(f"lora.r must be >= 1 (got {self.r})")
         if self.alpha <= 0:
@@ -92,13 +105,16 @@ class TrainConfig:
     """Compute the loss on answer tokens only."""
     grad_clip: float = 1.0
     """Clip the gradient norm (0 disables)."""
-    precision: str = "bf16-mixed"
-    """Lightning precision: bf16-mixed (CPU autocast; measured 1.5x faster than 32-true on this AVX512-BF16 CPU),
-    32-true, 16-mixed (GPU), bf16-true. Whether the skill was learned is re-checked in fp32 either way."""
+    precision: str = "auto"
+    """Lightning precision, or auto: bf16-mixed on a GPU and on CPUs with native bf16 (AVX512-BF16, AMX),
+    else 32-true. On an AVX2-only CPU bf16 matmuls are emulated: measured 6x slower than fp32 at
+    SmolLM2's shapes. Under reduced precision, "learned" is re-checked in fp32 before stopping."""
     accelerator: str = "cpu"
     """Lightning accelerator: cpu, gpu, auto."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to cut memory (slower)."""
+    cache_frozen_layers: bool = True
+    """Run the frozen layers below the lowest adapter once per example instead of every step."""
     seed: int = 0
     """Seed for adapter init and batch order."""
     progress_bar: bool = True
@@ -114,8 +130,9 @@ class TrainConfig:
             p.append(f"trainer.max_steps must be >= 1 (got {self.max_steps})")
         if self.max_length < 8:
             p.append(f"trainer.max_length must be >= 8 (got {self.max_length})")
-        if self.precision not in {"32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"}:
-            p.append(f"trainer.precision {self.precision!r} is not one of 32-true, bf16-mixed, 16-mixed, bf16-true")
+        if self.precision not in {"auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"}:
+            p.append(f"trainer.precision {self.precision!r} is not one of auto, 32-true, bf16-mixed, 16-mixed, "
+                     "bf16-true")
         return p
 
 
@@ -140,18 +157,49 @@ class TrainResult:
         return d
 
 
+# -- precision -----------------------------------------------------------------------------------
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); Linux /proc/cpuinfo flags."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+
+
+def uses_gpu(accelerator: str) -> bool:
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto`` -> the fastest safe Lightning precision for this machine."""
+    if precision != "auto":
+        return precision
+    if uses_gpu(accelerator):
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+
+
 # -- loss ----------------------------------------------------------------------------------------
-def answer_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def answer_loss(
+    model: nn.Module, batch: dict[str, torch.Tensor], start_layer: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Next-token cross-entropy on labelled positions; also per-token and per-example correctness.
 
-    Returns ``(loss, token_correct (N,), example_exact (B,))``.
+    With ``start_layer`` > 0, ``batch["hidden"]`` (B, T, C) holds the activations entering that
+    decoder layer and only the layers from there up run. Returns
+    ``(loss, token_correct (N,), example_exact (B,))``.
     """
     ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
     target = labels[:, 1:]  # (B, T-1): the token each position must predict
     sel = target != IGNORE  # (B, T-1)
     body = getattr(model, getattr(model, "base_model_prefix", "model"), None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if body is not None and head is not None and body is not model:
+    if start_layer > 0:
+        hidden = forward_from_layer(model, batch["hidden"], mask, start_layer)  # (B, T, C)
+        logits = head(hidden[:, :-1][sel])  # (N, V)
+    elif body is not None and head is not None and body is not model:
         hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, C)
         logits = head(hidden[:, :-1][sel])  # (N, V): only where a label exists
     else:  # a model we cannot split: project every position, then select
@@ -166,19 +214,77 @@ def answer_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch
     return loss, correct, exact
 
 
+def adapter_targets(model: nn.Module, lora: LoRAConfig) -> list[str]:
+    """Qualified names of the linear layers that get an adapter under ``lora``."""
+    names = find_targets(model, lora.target_modules)
+    if lora.layers_to_transform is None:
+        return names
+    keep = set(lora.layers_to_transform)
+    picked = [q for q in names if (m := re.search(r"\.layers\.(\d+)\.", q)) and int(m.group(1)) in keep]
+    if not picked:
+        n = len(decoder_layers(model) or [])
+        raise ValueError(f"lora.layers_to_transform={sorted(keep)} selects none of the {n} decoder layers; "
+                         f"use indices 0..{n - 1}")
+    return picked
+
+
+def first_adapter_layer(model: nn.Module, targets: list[str]) -> int:
+    """Index of the lowest decoder layer holding an adapter, if the model can start there; else 0."""
+    layers = decoder_layers(model)
+    if layers is None:
+        return 0
+    prefix = next(n for n, m in model.named_modules() if m is layers) + "."
+    found = []
+    for q in targets:
+        if not q.startswith(prefix):
+            return 0  # an adapter outside the decoder stack (embeddings, head): run everything
+        found.append(int(q[len(prefix):].split(".", 1)[0]))
+    return min(found)
+
+
+class FrozenPrefixCache:
+    """Activations entering decoder layer ``layer``, computed once per distinct example.
+
+    Keyed by the example's token ids, so the data module's training set, the initial and the final
+    evaluation share one pass over the frozen layers.
+    """
+
+    def __init__(self, model: nn.Module, layer: int, pad_id: int, chunk: int = 16) -> None:
+        self.model, self.layer, self.pad_id, self.chunk = model, layer, pad_id, chunk
+        self._memo: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def __call__(self, examples: list[dict]) -> None:
+        """Attach ``hidden`` (T, C) to every example, computing the ones not seen yet."""
+        todo = sorted({tuple(e["input_ids"]) for e in examples} - self._memo.keys(), key=len)
+        device = next(self.model.parameters()).device
+        for i in range(0, len(todo), self.chunk):  # sorted by length: little padding per chunk
+            part = [{"input_ids": list(t), "labels": list(t)} for t in todo[i : i + self.chunk]]
+            b = collate(part, self.pad_id)
+            h = hidden_before_layer(self.model, b["input_ids"].to(device), b["attention_mask"].to(device),
+                                    self.layer).cpu()
+            for j, t in enumerate(todo[i : i + self.chunk]):
+                self._memo[t] = h[j, : len(t)].clone()
+        for e in examples:
+            e["hidden"] = self._memo[tuple(e["input_ids"])]
+
+
 # -- Lightning -----------------------------------------------------------------------------------
 class LoRALightningModule(L.LightningModule):
     """Frozen base + LoRA; AdamW over the ``lora_`` parameters only."""
 
     def __init__(
-        self, model: nn.Module, cfg: TrainConfig, metric_prefix: str = "", confirm_learned=None
+        self, model: nn.Module, cfg: TrainConfig, metric_prefix: str = "", confirm_learned=None,
+        start_layer: int = 0,
     ) -> None:
         super().__init__()
         self.model = model
+        self.start_layer = start_layer  # batches carry cached activations entering this layer
         self.cfg = cfg
-        # Under reduced precision an epoch can look learned while fp32 greedy decoding is not there
-        # yet; ``confirm_learned()`` re-checks in fp32 before training stops.
+        # An epoch's exact match is measured before its updates (and maybe under bf16), so an epoch
+        # can look learned while the final fp32 weights are not; ``confirm_learned()`` re-checks them
+        # in fp32 before training stops.
         self.confirm_learned = confirm_learned
+        self.confirmed_at_step = -1
         self.prefix = metric_prefix  # e.g. "skills/<name>/": one loss curve per skill in one W&B run
         # Config only: the network is passed in, never pickled into hparams.
         self.save_hyperparameters({k: v for k, v in asdict(cfg).items()})
@@ -187,7 +293,7 @@ class LoRALightningModule(L.LightningModule):
         self.losses: list[float] = []
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, correct, exact = answer_loss(self.model, batch)
+        loss, correct, exact = answer_loss(self.model, batch, self.start_layer)
         self._epoch_exact.append(exact.detach())
         self._epoch_loss.append(loss.item())
         self.losses.append(loss.item())
@@ -209,13 +315,14 @@ class LoRALightningModule(L.LightningModule):
         if reproduced and self.confirm_learned is not None:
             with torch.autocast(device_type=self.device.type, enabled=False):
                 reproduced = bool(self.confirm_learned())
-            self.log(self.prefix + "train/fp32_confirmed", float(reproduced))
+            self.confirmed_at_step = self.global_step
+            self.log(self.prefix + "train/confirmed", float(reproduced))
         if reproduced or (cfg.loss_floor > 0 and loss < cfg.loss_floor):
             log.info("skill learned after %d steps (epoch exact match %.2f, loss %.4f)", self.global_step, exact, loss)
             self.trainer.should_stop = True
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss, correct, exact = answer_loss(self.model, batch)
+        loss, correct, exact = answer_loss(self.model, batch, self.start_layer)
         self.log(self.prefix + "val/loss", loss, batch_size=len(exact))
         self.log(self.prefix + "val/exact_match", exact.float().mean(), batch_size=len(exact))
 
@@ -237,17 +344,25 @@ class LoRATrainer:
         self.logger = logger
 
     @torch.no_grad()
-    def evaluate(self, pairs: list[QAPair]) -> tuple[float, float]:
+    def evaluate(self, pairs: list[QAPair], _cache: FrozenPrefixCache | None = None) -> tuple[float, float]:
         """(mean answer loss, fraction of answers reproduced greedily) with the active adapter."""
         model, tok, cfg = self.bundle.model, self.bundle.tokenizer, self.train_cfg
         was_training = model.training
         model.eval()
         enc = [encode_pair(tok, p, cfg.max_length, mask_prompt=True) for p in pairs]
+        enc.sort(key=lambda e: len(e["input_ids"]))  # similar lengths together: less padding
+        start = 0
+        if _cache is not None:
+            _cache(enc)
+            start = _cache.layer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        device = next(model.parameters()).device
         total, n, exact = 0.0, 0, 0
-        for i in range(0, len(enc), max(cfg.batch_size, 16)):
-            chunk = enc[i : i + max(cfg.batch_size, 16)]
-            loss, _, ex = answer_loss(model, collate(chunk, pad))
+        step = max(cfg.batch_size, 16)
+        for i in range(0, len(enc), step):
+            chunk = enc[i : i + step]
+            batch = {k: v.to(device) for k, v in collate(chunk, pad).items()}
+            loss, _, ex = answer_loss(model, batch, start)
             total += loss.item() * len(chunk)
             n += len(chunk)
             exact += int(ex.sum())
@@ -258,36 +373,56 @@ class LoRATrainer:
         self, pairs: list[QAPair], adapter: str, val_pairs: list[QAPair] | None = None, metric_prefix: str = ""
     ) -> TrainResult:
         """Train a fresh adapter named ``adapter`` on ``pairs``; leaves it injected and active."""
-        cfg, model = self.train_cfg, self.bundle.model
+        cfg, model, tok = self.train_cfg, self.bundle.model, self.bundle.tokenizer
+        precision = resolve_precision(cfg.precision, cfg.accelerator)
         L.seed_everything(cfg.seed, workers=False, verbose=False)
-        inject_lora(model, self.lora.target_modules, self.lora.r, self.lora.alpha, self.lora.dropout, adapter)
+        try:
+            targets = adapter_targets(model, self.lora)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        inject_lora(model, targets, self.lora.r, self.lora.alpha, self.lora.dropout, adapter)
         set_adapter(model, adapter)
         n_trainable = mark_only_lora_as_trainable(model, adapter)
         if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        log.info("training adapter %r: %d trainable LoRA parameters, %d pairs", adapter, n_trainable, len(pairs))
+        if uses_gpu(cfg.accelerator) and torch.cuda.is_available():
+            model.to("cuda")  # before the frozen-layer pass, which then runs where training will
+        start = first_adapter_layer(model, targets) if cfg.cache_frozen_layers else 0
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        cache = FrozenPrefixCache(model, start, pad) if start > 0 else None
+        log.info("training adapter %r: %d trainable LoRA parameters on %d layers, %d pairs, %s%s", adapter,
+                 n_trainable, len(targets), len(pairs), precision,
+                 f", frozen layers 0..{start - 1} run once" if start else "")
 
-        loss0, _ = self.evaluate(pairs)
+        loss0, _ = self.evaluate(pairs, cache)
         dm = QADataModule(
-            self.bundle.tokenizer,
+            tok,
             pairs=pairs,
             batch_size=cfg.batch_size,
             max_length=cfg.max_length,
             mask_prompt=cfg.mask_prompt,
             seed=cfg.seed,
+            prepare_examples=cache,
         )
         dm.val_pairs = list(val_pairs or [])
-        confirm = None
-        if cfg.precision not in ("32-true", "32", "64-true") and cfg.stop_when_learned:
-            confirm = lambda: self.evaluate(pairs)[1] >= 1.0  # noqa: E731
-        module = LoRALightningModule(model, cfg, metric_prefix, confirm_learned=confirm)
+        # An epoch's exact match is measured before each of its updates, so the weights training
+        # ends with (after the last update, and in fp32 if training ran in bf16) are checked again
+        # before training stops; that check is also the final evaluation.
+        last_eval: list[tuple[float, float]] = []
+
+        def confirm() -> bool:
+            last_eval[:] = [self.evaluate(pairs, cache)]
+            return last_eval[0][1] >= 1.0
+
+        module = LoRALightningModule(model, cfg, metric_prefix, confirm_learned=confirm if cfg.stop_when_learned else None,
+                                     start_layer=start)
         # The bar goes to stderr: evolve.py's stdout is reserved for its JSON result lines.
         callbacks = [RichProgressBar(console_kwargs={"stderr": True})] if cfg.progress_bar else []
         trainer = L.Trainer(
             callbacks=callbacks,
             accelerator=cfg.accelerator,
             devices=1,
-            precision=cfg.precision,
+            precision=precision,
             max_steps=cfg.max_steps,
             max_epochs=-1,
             logger=self.logger if self.logger is not None else False,
@@ -308,8 +443,11 @@ class LoRATrainer:
         model.eval()
         for p in model.parameters():  # serving needs no grads; keeps the adapter frozen until retrained
             p.requires_grad = False
-        loss1, exact = self.evaluate(pairs)
         steps = trainer.global_step
+        if last_eval and module.confirmed_at_step == steps:
+            loss1, exact = last_eval[0]  # the confirmation that stopped training saw these very weights
+        else:
+            loss1, exact = self.evaluate(pairs, cache)
         result = TrainResult(
             adapter=adapter,
             loss_initial=round(loss0, 6),

@@ -227,3 +227,65 @@ def load_model(kind: str, path: str | None = None, seed: int = 0, cache_dir: str
         folder = Path(path).expanduser()
         return _load_hf_dir(folder, folder.name)
     raise ModelLoadError(f"unknown model kind {kind!r}; use model=smollm2, model=tiny or model=hf model.path=DIR")
+
+
+# -- running a decoder from a middle layer -----------------------------------------------------------
+# Layers below the lowest LoRA adapter are frozen and see the same inputs every epoch, so their
+# output is computed once per example and cached; each step then runs (forward and backward) only
+# the layers from the lowest adapter up. Restricted to architectures whose forward is known to do
+# nothing to ``inputs_embeds`` but feed it to the layers (Gemma, for one, rescales it) and whose
+# layers all use the same full causal mask.
+SPLITTABLE_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3"})
+
+
+class _ReachedLayer(Exception):
+    def __init__(self, hidden: torch.Tensor) -> None:
+        self.hidden = hidden
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList | None:
+    """The decoder's layer list if the model can be run from any layer on; None otherwise."""
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "model_type", None) not in SPLITTABLE_MODEL_TYPES:
+        return None
+    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
+        return None
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    return layers if isinstance(layers, nn.ModuleList) else None
+
+
+@torch.no_grad()
+def hidden_before_layer(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        layer: int) -> torch.Tensor:
+    """Hidden states (B, T, C) entering decoder layer ``layer``; the layers above it never run."""
+    layers = decoder_layers(model)
+    if layers is None:
+        raise ValueError(f"{type(model).__name__} cannot be split at a decoder layer")
+
+    def grab(module, args, kwargs):
+        raise _ReachedLayer(args[0] if args else kwargs["hidden_states"])
+
+    handle = layers[layer].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _ReachedLayer as stop:
+        return stop.hidden.detach()
+    finally:
+        handle.remove()
+    raise RuntimeError(f"decoder layer {layer} was never called")  # pragma: no cover
+
+
+def forward_from_layer(model: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                       layer: int) -> torch.Tensor:
+    """Run decoder layers ``layer``.. and the final norm on ``hidden`` (B, T, C) -> (B, T, C).
+
+    The model's own forward does the masking and rotary positions: it is handed the cached hidden
+    states as ``inputs_embeds`` with its layer list cut to ``layer``.. for the call.
+    """
+    body = model.model
+    layers = body.layers
+    body.layers = nn.ModuleList(list(layers)[layer:])
+    try:
+        return body(inputs_embeds=hidden, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    finally:
+        body.layers = layers
