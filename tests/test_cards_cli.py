@@ -193,3 +193,21 @@ def test_installed_console_script(tmp_path, good):
                          timeout=300)
     assert bad.returncode == 1 and "corrupt or truncated" in bad.stderr and "Traceback" not in bad.stderr
     assert bad.stderr.strip().count("\n") == 0  # one line: the reason, no library chatter
+
+
+@pytest.mark.slow
+def test_peft_adapter_trained_on_the_smollm2_folder_imports_and_verifies(tmp_path, capsys):
+    """A PEFT adapter made on the fp32 SmolLM2 folder (base_model_name_or_path = that folder) needs no --model."""
+    peft = pytest.importorskip("peft")
+    from autodidact.models import SMOLLM2_NAME, load_smollm2
+
+    pm = peft.get_peft_model(load_smollm2().model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    pm.save_pretrained(str(tmp_path / "peft"))
+    cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"].endswith(f"{SMOLLM2_NAME}-fp32")
+    card = tmp_path / "smol.lora.arrow"
+    rc, out, err = run(capsys, "cards", "import-peft", str(tmp_path / "peft"), str(card), "--skill", "smol")
+    assert rc == 0, err
+    assert read_card(card).meta["base_model"]["name"] == SMOLLM2_NAME
+    rc, out, err = run(capsys, "cards", "verify", str(card))
+    assert rc == 0 and f"fits {SMOLLM2_NAME}" in out, err

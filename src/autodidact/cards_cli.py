@@ -67,11 +67,14 @@ def card_summary(card, path: Path) -> dict:
 
 def _model_for(name: str | None, kind: str, model_path: str | None, seed: int | None):
     """Load the base model ``--model`` names; ``auto`` picks it from the name a card records."""
-    from autodidact.models import SMOLLM2_NAME, configure_threads, load_model
+    from autodidact.models import SMOLLM2_NAME, configure_threads, default_cache_dir, load_model
 
     if kind == "auto":
         tiny = re.fullmatch(r"tiny-llama-s(\d+)", name or "")
-        if model_path:
+        smollm2_dir = default_cache_dir() / "models" / f"{SMOLLM2_NAME}-fp32"
+        if model_path and Path(model_path).expanduser().resolve() == smollm2_dir.resolve():
+            kind, model_path = "smollm2", None  # the converted GGUF: load (and name) it as smollm2
+        elif model_path:
             kind = "hf"
         elif name == SMOLLM2_NAME:
             kind = "smollm2"
