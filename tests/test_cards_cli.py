@@ -153,6 +153,8 @@ def test_export_then_import_peft_round_trip(tmp_path, good, capsys):
     rc, out, err = run(capsys, "cards", "export-peft", str(good), str(tmp_path / "peft"))
     assert rc == 0, err
     assert (tmp_path / "peft" / "adapter_model.safetensors").exists() and "vllm serve" in out
+    cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert (cfg["target_modules"], cfg["layers_to_transform"]) == (["q_proj", "v_proj"], None)  # model checked
     rc, _, err = run(capsys, "cards", "export-peft", str(good), str(tmp_path / "peft"))
     assert rc == 1 and "already holds adapter_config.json" in err
 
@@ -168,6 +170,16 @@ def test_export_then_import_peft_round_trip(tmp_path, good, capsys):
     rc, _, err = run(capsys, "cards", "import-peft", str(tmp_path / "peft"), str(tmp_path / "x.lora.arrow"),
                      "--model", "tiny", "--seed", "2")
     assert rc == 1 and "base weights" in err
+
+
+def test_export_without_a_loadable_base_model_still_exports(tmp_path, good, capsys):
+    rc, out, err = run(capsys, "cards", "export-peft", str(_unknown_base(tmp_path, good)), str(tmp_path / "peft"))
+    assert rc == 0 and "note: exporting without the base model" in err
+    cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert (cfg["target_modules"], cfg["layers_to_transform"]) == (["q_proj", "v_proj"], [0, 1])
+    rc, _, err = run(capsys, "cards", "export-peft", str(_other_model(tmp_path, good)), str(tmp_path / "p2"),
+                     "--model", "tiny", "--seed", "0")
+    assert rc == 1 and "was trained on base model" in err and not (tmp_path / "p2").exists()
 
 
 @pytest.mark.parametrize("argv", [[], ["cards"], ["cards", "frobnicate"], ["cards", "verify"]])

@@ -118,12 +118,53 @@ def test_import_peft_native_adapter_gives_peft_logits(tmp_path, rslora):
     torch.testing.assert_close(our_logits(tmp_path / "imported.lora.arrow"), expected, atol=ATOL, rtol=0)
 
 
-def test_partial_coverage_exports_exact_layer_paths(tmp_path):
-    card = make_card(tmp_path / "s.lora.arrow", targets=("model.layers.1.self_attn.q_proj",))
-    out = export_peft(card, tmp_path / "peft", model=load_tiny().model)
+@pytest.mark.parametrize(
+    ("targets", "with_model", "want_targets", "want_layers"),
+    [
+        (("q_proj", "v_proj"), True, ["q_proj", "v_proj"], None),
+        (("q_proj", "v_proj"), False, ["q_proj", "v_proj"], [0, 1]),  # without the model: say the layers
+        (("model.layers.1.self_attn.q_proj",), False, ["q_proj"], [1]),
+        (("model.layers.1.self_attn.q_proj",), True, ["q_proj"], [1]),
+        (("model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj"), False, ["q_proj", "v_proj"], [1]),
+        (("model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj"), False,
+         ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.v_proj"], None),
+    ],
+    ids=["every-layer-model-given", "every-layer", "one-layer", "one-layer-model-given", "one-layer-two-leaves", "irregular"],
+)
+def test_peft_wraps_exactly_the_cards_layers(tmp_path, targets, with_model, want_targets, want_layers):
+    card = make_card(tmp_path / "s.lora.arrow", targets=targets)
+    out = export_peft(card, tmp_path / "peft", model=load_tiny().model if with_model else None)
     cfg = json.loads((out / CONFIG_NAME).read_text())
-    assert cfg["target_modules"] == ["model.layers.1.self_attn.q_proj"]
-    torch.testing.assert_close(peft_logits(out), our_logits(card), atol=ATOL, rtol=0)
+    assert (cfg["target_modules"], cfg["layers_to_transform"]) == (want_targets, want_layers)
+    pm = peft.PeftModel.from_pretrained(load_tiny().model, str(out)).eval()
+    wrapped = {n.removeprefix(PREFIX) for n, m in pm.named_modules() if "default" in getattr(m, "lora_A", {})}
+    assert wrapped == set(read_card(card).layers)  # no extra (identity) adapters, none missing
+    with torch.no_grad():
+        theirs = pm(IDS).logits
+    torch.testing.assert_close(theirs, our_logits(card), atol=ATOL, rtol=0)
+
+
+def test_metadata_saying_every_layer_keeps_the_config_plain(tmp_path):
+    lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"], "layers_to_transform": None}
+    out = export_peft(make_card(tmp_path / "s.lora.arrow", extra={"lora": lora}), tmp_path / "peft")
+    cfg = json.loads((out / CONFIG_NAME).read_text())
+    assert (cfg["target_modules"], cfg["layers_to_transform"]) == (["q_proj", "v_proj"], None)
+
+
+@pytest.mark.parametrize(
+    ("targets", "want_lora"),
+    [
+        (("q_proj", "v_proj"), {"target_modules": ["q_proj", "v_proj"]}),
+        (("model.layers.1.self_attn.q_proj",), {"target_modules": ["q_proj"], "layers_to_transform": [1]}),
+    ],
+    ids=["every-layer", "one-layer"],
+)
+def test_import_records_the_layers_like_the_trainer(tmp_path, targets, want_lora):
+    out = export_peft(make_card(tmp_path / "s.lora.arrow", targets=targets), tmp_path / "peft")
+    card = import_peft(out, tmp_path / "back.lora.arrow", load_tiny())
+    assert card.meta["lora"] == {"r": 4, "alpha": 8, **want_lora}
+    again = export_peft(tmp_path / "back.lora.arrow", tmp_path / "peft2")
+    assert json.loads((again / CONFIG_NAME).read_text())["target_modules"] == want_lora["target_modules"]
 
 
 def test_import_refuses_other_base_weights(tmp_path):

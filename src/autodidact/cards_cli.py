@@ -204,9 +204,25 @@ def cmd_verify(args) -> int:
 
 
 def cmd_export_peft(args) -> int:
+    from autodidact.card import check_card_fits, read_card
+    from autodidact.models import ModelLoadError
     from autodidact.peft_interop import CONFIG_NAME, WEIGHTS_NAME, export_peft
 
-    out = export_peft(args.card, args.dir, base_model_name_or_path=args.base_model_path, overwrite=args.force)
+    model = None
+    if args.model != "none":  # with the base model the config can say plain leaf names, checked
+        card = read_card(args.card)
+        try:
+            bundle = _model_for(card.meta["base_model"].get("name"), args.model, args.model_path, args.seed)
+        except (CliError, ModelLoadError) as e:
+            if args.model != "auto":
+                raise
+            print(f"note: exporting without the base model ({e}); target_modules are derived from the card",
+                  file=sys.stderr)
+        else:
+            check_card_fits(card, bundle.model, bundle.fingerprint)
+            model = bundle.model
+    out = export_peft(args.card, args.dir, base_model_name_or_path=args.base_model_path, model=model,
+                      overwrite=args.force)
     cfg = json.loads((out / CONFIG_NAME).read_text())
     print(f"wrote {out}/{{{CONFIG_NAME},{WEIGHTS_NAME}}}: r={cfg['r']}, lora_alpha={cfg['lora_alpha']}, "
           f"target_modules={cfg['target_modules']}, base {cfg['base_model_name_or_path']}")
@@ -256,7 +272,7 @@ def _add_model_args(p: argparse.ArgumentParser, allow_none: bool = False) -> Non
     kinds = ["auto", "tiny", "smollm2", "hf"] + (["none"] if allow_none else [])
     p.add_argument("--model", choices=kinds, default="auto",
                    help="base model to check against (auto: the one the card names"
-                        + ("; none: check the file only)" if allow_none else ")"))
+                        + ("; none: do without one)" if allow_none else ")"))
     p.add_argument("--model-path", help="transformers folder for --model hf")
     p.add_argument("--seed", type=int, default=None, help="seed of --model tiny (auto: from the card)")
 
@@ -289,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-model-path", help="base_model_name_or_path to record (default: the fp32 SmolLM2 "
                                              "folder for SmolLM2 cards, else the card's base model name)")
     p.add_argument("--force", action="store_true", help="overwrite an existing adapter in DIR")
+    _add_model_args(p, allow_none=True)
     p.set_defaults(func=cmd_export_peft)
 
     p = sub.add_parser("import-peft", help="turn a PEFT LoRA adapter folder into a card")

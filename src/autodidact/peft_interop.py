@@ -66,23 +66,44 @@ def default_base_model_path(card: Card) -> str:
     return name
 
 
-def peft_target_modules(card: Card, model: torch.nn.Module | None = None) -> list[str]:
-    """``target_modules`` for the config: leaf names (``q_proj``), unless that would select more layers.
+_LAYER_INDEX = re.compile(r"^(?P<stem>.*\.[^.]*)\.(?P<idx>\d+)\.(?P<rest>.+)$")  # PEFT's layer-index rule
 
-    Leaf names are what vLLM and most tools expect. Given the model, a card covering only some of the
-    layers with a leaf name gets exact layer paths instead, so PEFT wraps exactly the card's layers.
+
+def peft_targets(card: Card, model: torch.nn.Module | None = None) -> tuple[list[str], list[int] | None]:
+    """``(target_modules, layers_to_transform)`` that make PEFT wrap exactly the card's layers.
+
+    Leaf names (``q_proj``) are what vLLM and most tools expect. They alone are exact when they select
+    exactly the card's layers: known from ``model``, or from a card whose ``lora`` metadata says
+    ``layers_to_transform: null``. Otherwise a card with the same sub-layers at each of some decoder
+    layers gets PEFT's ``layers_to_transform`` (exact whether or not that is every layer), and any
+    other shape its exact layer paths.
     """
-    leaves = sorted({layer.rsplit(".", 1)[-1] for layer in card.layers})
-    if model is None:
-        return leaves
-    selected = {q for q, m in model.named_modules()
-                if isinstance(m, torch.nn.Linear) and q.rsplit(".", 1)[-1] in leaves}
-    return leaves if selected == set(card.layers) else list(card.layers)
+    layers = set(card.layers)
+    leaves = sorted({layer.rsplit(".", 1)[-1] for layer in layers})
+    lo = card.meta["lora"]
+    if model is not None:
+        selected = {q for q, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear) and q.rsplit(".", 1)[-1] in leaves}
+        if selected == layers:
+            return leaves, None
+    elif "layers_to_transform" in lo and lo["layers_to_transform"] is None and all(
+        "." not in t for t in lo.get("target_modules") or ["."]
+    ):
+        return leaves, None  # trained by leaf name on every layer: find_targets took them all
+    matches = [_LAYER_INDEX.match(layer) for layer in layers]
+    if all(matches) and len({m["stem"] for m in matches}) == 1:
+        stem, rests = matches[0]["stem"], {m["rest"] for m in matches}
+        indices = sorted({int(m["idx"]) for m in matches})
+        if len(rests) == len(leaves) and layers == {f"{stem}.{i}.{r}" for i in indices for r in rests}:
+            return leaves, indices
+    return sorted(layers), None
 
 
-def peft_config(card: Card, base_model_name_or_path: str | None = None, target_modules: list[str] | None = None) -> dict:
+def peft_config(card: Card, base_model_name_or_path: str | None = None,
+                targets: tuple[list[str], list[int] | None] | None = None) -> dict:
     """The ``adapter_config.json`` contents for ``card`` (PEFT's LoraConfig field names)."""
     lo = card.meta["lora"]
+    target_modules, layers_to_transform = targets or peft_targets(card)
     return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -92,7 +113,7 @@ def peft_config(card: Card, base_model_name_or_path: str | None = None, target_m
         "r": lo["r"],
         "lora_alpha": lo["alpha"],
         "lora_dropout": 0.0,
-        "target_modules": target_modules or peft_target_modules(card),
+        "target_modules": target_modules,
         "bias": "none",
         "fan_in_fan_out": False,
         "use_rslora": False,
@@ -101,7 +122,7 @@ def peft_config(card: Card, base_model_name_or_path: str | None = None, target_m
         "modules_to_save": None,
         "rank_pattern": {},
         "alpha_pattern": {},
-        "layers_to_transform": None,
+        "layers_to_transform": layers_to_transform,
         "layers_pattern": None,
         "inference_mode": True,
     }
@@ -132,7 +153,7 @@ def export_peft(
     bm = card.meta["base_model"]
     metadata = {"format": "pt", "autodidact.skill": card.skill, "autodidact.base_model": str(bm.get("name", "")),
                 "autodidact.fingerprint": bm["fingerprint"]}
-    cfg = peft_config(card, base_model_name_or_path, peft_target_modules(card, model))
+    cfg = peft_config(card, base_model_name_or_path, peft_targets(card, model))
     try:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / WEIGHTS_NAME, st_save(tensors, metadata=metadata))
@@ -260,13 +281,15 @@ def import_peft(
     if cfg.get("use_rslora"):
         alpha = alpha * math.sqrt(r)  # rsLoRA scales by alpha / sqrt(r); ours by alpha / r
     alpha = int(alpha) if alpha.is_integer() else alpha
-    targets = cfg.get("target_modules")
+    # Record the layers as the trainer would: leaf names when they select exactly these layers.
+    targets, layers_to_transform = peft_targets(Card(None, {"lora": {}}, state), bundle.model)
+    lora = {"r": r, "alpha": alpha, "target_modules": targets}
+    if layers_to_transform is not None:
+        lora["layers_to_transform"] = layers_to_transform
     meta = {
         "skill": skill or st_meta.get("autodidact.skill") or re.sub(r"[^A-Za-z0-9_]+", "_", folder.resolve().name),
         "base_model": {"name": bundle.name, "fingerprint": bundle.fingerprint},
-        "lora": {"r": r, "alpha": alpha,
-                 "target_modules": list(targets) if isinstance(targets, list) else
-                 sorted({n.rsplit(".", 2)[-2] for n in state})},
+        "lora": lora,
         "train": {},
         "source": {"format": "peft", "path": str(folder.resolve()),
                    "base_model_name_or_path": cfg.get("base_model_name_or_path"),
