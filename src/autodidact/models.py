@@ -8,6 +8,7 @@ saves a plain fp32 transformers folder in the user cache and later loads read th
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import importlib.metadata
 import logging
@@ -129,28 +130,41 @@ def load_smollm2(cache_dir: str | os.PathLike | None = None) -> ModelBundle:
 def _convert_gguf(gguf: Path, folder: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("converting %s to an fp32 transformers folder at %s (once, ~20 s)", gguf.name, folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
-    try:
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        # The GGUF loader marks the model as quantized although its tensors are now plain fp32;
-        # dropping that marker lets save_pretrained write an ordinary safetensors checkpoint.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "READY").write_text(gguf.name + "\n")
-        # Another process may have finished first: theirs is as good as ours.
+    # One conversion per cache folder at a time: a second process (two runs started together) waits for
+    # the first and reuses its folder instead of converting again. The kernel drops the lock when its
+    # holder exits, killed or not, so a crashed conversion never blocks the next one.
+    with open(folder.parent / f".{folder.name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another process is converting %s to %s; waiting for it", gguf.name, folder)
+            fcntl.flock(lock, fcntl.LOCK_EX)
         if (folder / "READY").exists():
+            log.info("using %s, converted by another process", folder)
             return
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        prefix = f".convert-{folder.name}-"
+        for stale in folder.parent.glob(prefix + "*"):  # left by a converter that died (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        log.info("converting %s to an fp32 transformers folder at %s (once, ~20 s)", gguf.name, folder)
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=folder.parent))
+        try:
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                         dtype=torch.float32)
+            # The GGUF loader marks the model as quantized although its tensors are now plain fp32;
+            # dropping that marker lets save_pretrained write an ordinary safetensors checkpoint.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "READY").write_text(gguf.name + "\n")
+            if folder.exists():  # a half-made folder without READY (written by an older version)
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load_hf_dir(folder: Path, name: str) -> ModelBundle:
