@@ -46,6 +46,11 @@ def compose_cfg(*overrides: str, hydra_cfg: bool = False):
 
 
 def records_by_kind(save_dir: Path) -> dict[str, list]:
+    # run.finish() returns before wandb-core has written the offline log (measured: ~30 ms later,
+    # and sometimes the file still held only its header); teardown waits for the service to exit.
+    import wandb
+
+    wandb.teardown()
     out: dict[str, list] = {}
     for r in read_records(next(offline_run(save_dir).glob("run-*.wandb"))):
         out.setdefault(r.WhichOneof("record_type"), []).append(r)
