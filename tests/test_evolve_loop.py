@@ -44,7 +44,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def build_bot(skills: Path, encoder: SentenceEncoder, distiller: CloudDistiller | None = None,
-              threshold: float = 0.4, learn: bool = True) -> Autodidact:
+              threshold: float = 0.4, learn: bool = True, answer_threshold: float = 0.0) -> Autodidact:
     router = LoRARouter(RouterConfig(threshold=threshold), encoder)
     manager = LoRAManager(load_tiny(seed=0), skills, router)
     manager.scan()
@@ -55,7 +55,8 @@ def build_bot(skills: Path, encoder: SentenceEncoder, distiller: CloudDistiller 
     factory = SkillFactory(queue, distiller, manager, LoRAConfig(target_modules=["q_proj", "v_proj"]),
                            TrainConfig(lr=1e-2, max_steps=120, precision="32-true", progress_bar=False),
                            FactoryConfig(min_heldout_fraction=0.0), work_dir=skills.parent / "work")
-    return Autodidact(manager, router, factory, threshold=threshold, learn=learn, max_new_tokens=8)
+    return Autodidact(manager, router, factory, threshold=threshold, learn=learn, max_new_tokens=8,
+                      answer_threshold=answer_threshold)
 
 
 def subprocess_env(tmp_path: Path) -> dict[str, str]:
@@ -253,3 +254,27 @@ def test_bad_input_is_one_clear_error_and_a_failing_exit(tmp_path, args, message
     assert "Traceback" not in proc.stderr
     for m in messages:
         assert m in proc.stderr, proc.stderr[-3000:]
+
+
+# -- a confident route whose skill is unsure of its answer is dissonance too ---------------------------
+def test_a_weak_answer_from_a_routed_skill_queues_an_event_that_joins_that_skill(tmp_path, encoder):
+    skills = tmp_path / "skills"
+    skills.mkdir()
+    fact = load_pack()[0]
+    routing = build_routing([fact.question, *(p["question"] for p in fact.pairs)], encoder)
+    make_card(skills / f"brindlemark{SUFFIX}", "brindlemark", encoder, routing=routing)
+    # The hand-made card's random adapter is unsure of every token: below any sensible threshold.
+    bot = build_bot(skills, encoder, learn=False, answer_threshold=0.99)
+    rec = bot.ask(fact.question)
+    assert rec["skill"] == "brindlemark" and rec["confidence_before"] >= 0.4
+    assert rec["answer_confidence"] < 0.99 and rec["answer_confidence_before"] == rec["answer_confidence"]
+    assert bot.factory.queue.list() == []  # learn=False: answered, nothing queued
+    bot.learn = True
+    bot.factory.queue.put = lambda event: queued.append(event) or (1, True)  # see the event, work nothing
+    queued: list = []
+    bot.factory.drain = lambda: []
+    rec = bot.ask(fact.question)
+    [event] = queued
+    assert event.extra["join"] == "brindlemark" and event.extra["reason"] == "weak answer"
+    assert event.extra["answer_confidence"] < 0.99
+    assert rec["answer_before"] and rec["skill"] == "brindlemark"

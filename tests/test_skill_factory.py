@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from autodidact.card import SUFFIX, read_card
 from autodidact.evaluation import answer_is_correct
@@ -122,8 +123,11 @@ def put(rig: Rig, query: str) -> int:
 
 
 def files_in(skills: Path) -> list[str]:
-    """What the skills dir holds besides the queue's own files."""
-    return sorted(p.name for p in skills.iterdir() if not p.name.startswith("queue.sqlite3"))
+    """What the skills dir holds besides the queue's own files (and the staging folder, which must
+    be empty whenever no job is running)."""
+    staging = skills / ".staging"
+    assert not staging.exists() or list(staging.iterdir()) == [], list(staging.iterdir())
+    return sorted(p.name for p in skills.iterdir() if not p.name.startswith("queue.sqlite3") and p != staging)
 
 
 # -- the whole way: event -> verified card -> installed -> routed ----------------------------------
@@ -138,10 +142,14 @@ def test_queued_event_becomes_a_verified_installed_and_routed_skill(make_rig):
     card = rig.skills / f"{name}{SUFFIX}"
     assert outcome.skill == name and outcome.card == str(card)
     assert files_in(rig.skills) == [card.name]  # the card, and no temp file beside it
-    assert outcome.rounds[-1]["reference_correct"] and outcome.rounds[-1]["steps"] <= TRAIN.max_steps
+    assert outcome.rounds[-1]["references"][0]["correct"] and outcome.rounds[-1]["steps"] <= TRAIN.max_steps
+    assert outcome.learned is True and outcome.facts == 1 and outcome.joined is None
 
     meta = read_card(card).meta
-    assert meta["skill"] == name and meta["verify"]["reference_correct"] is True
+    assert meta["skill"] == name and meta["verify"]["references_correct"] == 1
+    assert meta["verify"]["from"] == "card bytes"
+    assert meta["facts"][0]["query"] == QUESTION and meta["facts"][0]["answer"] == ANSWER
+    assert len(meta["pairs"]) >= 6  # the card keeps its training pairs, so the skill can grow
     assert meta["base_model"]["fingerprint"] == rig.manager.bundle.fingerprint and "routing" in meta
 
     # Installed by the manager, routed to, and it answers the question.
@@ -205,13 +213,108 @@ def test_unverifiable_skill_is_dead_lettered_without_a_card(make_rig):
     assert outcome.state == "dead" and outcome.verified is False and outcome.card is None
     assert len(outcome.rounds) == FACTORY.verify_rounds
     assert outcome.rounds[1]["steps"] > outcome.rounds[0]["steps"]  # the retry round trained longer
-    assert outcome.reason.startswith("verify: ") and "reference answer was wrong" in outcome.reason
+    assert outcome.reason.startswith("verify: ") and "1 of 1 question(s) were answered wrongly" in outcome.reason
     job = rig.queue.get(job_id)
     assert job.state == "dead" and job.errors == [outcome.reason] and job.attempts == 1
     assert files_in(rig.skills) == []  # no card, not even a temp file
     assert rig.manager.skills == {} and rig.router.skills == []
     assert all(not m.adapters for m in lora_layers(rig.manager.model).values())
     assert rig.factory.drain() == []
+
+
+# -- verification reads the card's bytes, not the weights left in memory ---------------------------
+def test_verification_runs_on_the_adapter_read_back_from_the_card(make_rig, monkeypatch):
+    import autodidact.skill_factory as sf
+
+    real_read = sf.read_card
+    read: list[Path] = []
+
+    def read_zeroed(path):
+        card = real_read(path)
+        read.append(Path(path))
+        card.tensors = {k: t.zero_() for k, t in card.tensors.items()}  # what a broken export would hold
+        return card
+
+    monkeypatch.setattr(sf, "read_card", read_zeroed)
+    rig = make_rig()
+    put(rig, QUESTION)
+    [outcome] = rig.factory.drain()
+    # The trained weights in memory were right; the card's were not, and that is what was judged.
+    assert outcome.state == "dead" and outcome.verified is False, outcome.rounds
+    assert read and all(p.parent.name == ".staging" for p in read)
+    assert files_in(rig.skills) == [] and rig.manager.skills == {}
+
+
+# -- one skill per subject: a new fact joins the skill it is about ------------------------------------
+def test_a_new_fact_joins_its_subjects_skill_and_both_are_answered(make_rig):
+    rig = make_rig()
+    put(rig, QUESTION)
+    [first] = rig.factory.drain()
+    assert first.state == "done"
+    name = first.skill
+    card = rig.skills / f"{name}{SUFFIX}"
+    before = read_card(card).meta
+    second_q, second_a = "What is the capital of Vashmere?", "Port Cellaway is the capital of Vashmere."
+    rig.factory.put(LearningEvent(query=second_q, best_skill=name, confidence=0.9,
+                                  extra={"join": name, "reason": "weak answer"}))
+    [second] = rig.factory.drain()
+    assert second.state == "done", second.reason
+    assert second.skill == name and second.joined == name and second.facts == 2
+    assert files_in(rig.skills) == [card.name]  # still one card: the skill grew, replaced atomically
+    meta = read_card(card).meta
+    assert [f["query"] for f in meta["facts"]] == [QUESTION, second_q]
+    assert {p["question"] for p in before["pairs"]} <= {p["question"] for p in meta["pairs"]}
+    assert len(second.rounds[-1]["references"]) == 2 and all(r["correct"] for r in second.rounds[-1]["references"])
+    assert answer_is_correct(rig.manager.generate(name, QUESTION), ANSWER)
+    assert answer_is_correct(rig.manager.generate(name, second_q), second_a)
+    assert list(rig.manager.skills) == [name]
+
+
+# -- what the base model knows is not learned ---------------------------------------------------------
+def bake_into_base(manager: LoRAManager, card_path: Path) -> None:
+    """Add a card's update B·A·(alpha/r) into the base weights: a base model that now knows the fact."""
+    card = read_card(card_path)
+    lo = card.meta["lora"]
+    modules = dict(manager.model.named_modules())
+    with torch.no_grad():
+        for name in {n.rsplit(".", 1)[0] for n in card.tensors}:
+            a, b = card.tensors[f"{name}.lora_A"].float(), card.tensors[f"{name}.lora_B"].float()
+            layer = modules[name]
+            base = getattr(layer, "base_layer", layer)
+            base.weight += (b @ a) * (lo["alpha"] / lo["r"])
+
+
+def test_a_question_the_base_model_answers_trains_nothing_and_routes_to_the_base(make_rig, encoder, tmp_path):
+    from autodidact.lora_manager import BASE_FILE, BASE_SKILL
+
+    teacher_rig = make_rig()
+    put(teacher_rig, QUESTION)
+    [learned] = teacher_rig.factory.drain()
+    assert learned.state == "done"
+    saved = tmp_path / "saved.lora.arrow"
+    saved.write_bytes(Path(learned.card).read_bytes())
+
+    # A fresh process whose base model already knows the fact (the skill's update baked in), no cards.
+    skills = tmp_path / "skills2"
+    router = LoRARouter(RouterConfig(), encoder)
+    manager = LoRAManager(load_tiny(seed=0), skills, router)
+    bake_into_base(manager, saved)
+    assert answer_is_correct(manager.generate(None, QUESTION), ANSWER)
+    with LearningQueue.in_skills_dir(skills) as queue:
+        factory = SkillFactory(queue, offline_distiller(), manager, LORA, TRAIN, FACTORY, work_dir=tmp_path / "w2")
+        factory.put(LearningEvent(query=QUESTION, best_skill=None, confidence=0.0))
+        [outcome] = factory.drain()
+    assert outcome.state == "done" and outcome.learned is False and "already answers" in outcome.reason
+    assert outcome.card is None and "train_round1" not in outcome.seconds
+    assert files_in(skills) == [BASE_FILE, ".base_knowledge.lock"] or files_in(skills) == sorted(
+        [BASE_FILE, ".base_knowledge.lock"])
+    assert manager.skills == {} and all(not m.adapters for m in lora_layers(manager.model).values())
+    r = router.route(QUESTION)
+    assert r.best_skill == BASE_SKILL and r.confidence >= 0.4
+    # A new process (a new manager over the same folder) remembers it too.
+    fresh = LoRAManager(manager.bundle, skills, LoRARouter(RouterConfig(), encoder))
+    fresh.scan()
+    assert fresh.router.route(QUESTION.lower()).best_skill == BASE_SKILL
 
 
 # -- skill names ------------------------------------------------------------------------------------

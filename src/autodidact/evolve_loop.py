@@ -21,7 +21,7 @@ from autodidact.errors import AutodidactError, ConfigError
 from autodidact.fileio import append_jsonl
 from autodidact.inference.lora_router import DissonanceDetector, EmptyQueryError, LoRARouter, RouterConfig
 from autodidact.learning_queue import LearningQueue, QueuePolicy, topic_key
-from autodidact.lora_manager import LoRAManager
+from autodidact.lora_manager import BASE_SKILL, LoRAManager
 from autodidact.skill_factory import FactoryConfig, SkillFactory
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class Autodidact:
         router: LoRARouter,
         factory: SkillFactory,
         threshold: float = 0.4,
+        answer_threshold: float = 0.0,
         learn: bool = True,
         max_new_tokens: int = 48,
         logger=None,
@@ -44,18 +45,15 @@ class Autodidact:
         self.manager = manager
         self.router = router
         self.factory = factory
-        self.detector = DissonanceDetector(factory, threshold=threshold)
+        self.detector = DissonanceDetector(factory, threshold=threshold, answer_threshold=answer_threshold)
         self.threshold = threshold
         self.learn = learn
         self.max_new_tokens = max_new_tokens
         self.logger = logger
         self._asked = 0
 
-    def _route(self, query: str):
-        r = self.router.route(query)
-        # The detector's threshold is the one that decides; keep the record consistent with it.
-        skill = r.best_skill if (r.best_skill is not None and r.confidence >= self.threshold) else None
-        return r, skill
+    def _answer(self, skill: str | None, query: str):
+        return self.manager.answer(skill, query, self.max_new_tokens)
 
     def ask(self, query: str) -> dict:
         """Answer ``query``; returns the JSON-safe record that evolve.py prints."""
@@ -63,9 +61,17 @@ class Autodidact:
             raise EmptyQueryError('the question is empty; ask something: python evolve.py query="..."')
         t0 = time.perf_counter()
         stages: dict[str, float] = {}
-        r, skill = self._route(query)
+        r = self.router.route(query)
+        skill = self.detector.selected(r)
         stages["route"] = round(time.perf_counter() - t0, 3)
         q = r.query  # the router's (possibly truncated) text: a huge query never reaches the model whole
+        ans = None
+        if skill is not None:
+            t = time.perf_counter()
+            ans = self._answer(skill, q)
+            stages["answer_check"] = round(time.perf_counter() - t, 3)
+        # Only an adapter's answer is checked: the base model's knowledge was verified when remembered.
+        weak = skill not in (None, BASE_SKILL) and self.detector.weak_answer(ans.min_prob)
         rec: dict = {
             "query": query,
             "answer": None,
@@ -76,13 +82,16 @@ class Autodidact:
             "card": None,
             "verified": None,
         }
-        if skill is None and self.learn:
+        if weak:
+            rec["answer_confidence_before"] = round(ans.min_prob, 4)
+        if (skill is None or weak) and self.learn:
             t = time.perf_counter()
-            rec["answer_before"] = self.manager.generate(None, q, self.max_new_tokens)
+            rec["answer_before"] = ans.text if ans is not None else self.manager.generate(None, q, self.max_new_tokens)
             stages["answer_before"] = round(time.perf_counter() - t, 3)
-            print(f"[autodidact] dissonance: confidence {r.confidence:.3f} < {self.threshold} for {query!r}; learning",
-                  file=sys.stderr)
-            self.detector.check(r)
+            why = (f"skill {skill!r} is unsure of its answer ({ans.min_prob:.2f} < {self.detector.answer_threshold})"
+                   if weak else f"confidence {r.confidence:.3f} < {self.threshold}")
+            print(f"[autodidact] dissonance: {why} for {query!r}; learning", file=sys.stderr)
+            self.detector.check(r, ans.min_prob if weak else None)
             t = time.perf_counter()
             outcomes = self.factory.drain()
             stages["learn"] = round(time.perf_counter() - t, 3)
@@ -92,20 +101,28 @@ class Autodidact:
                 rec["verified"] = o.verified
                 rec["job"] = {"id": o.job_id, "state": o.state, "rounds": o.rounds, "seconds": o.seconds,
                               "provider": o.provider}
-                if o.state != "done":
+                if o.joined:
+                    rec["joined"] = o.joined
+                if o.state != "done" or o.learned is False:
                     rec["reason"] = o.reason
                 for k, v in o.seconds.items():
                     stages[k] = v
             else:
                 rec["reason"] = self._why_not_learned(r.query)
-            r2, skill = self._route(query)
+            r2 = self.router.route(query)
+            skill, ans = self.detector.selected(r2), None
             rec["confidence_after"] = round(r2.confidence, 4)
-            rec["skill"] = skill
-            rec["learned"] = bool(mine and mine[-1].state == "done" and skill is not None)
+            rec["learned"] = bool(mine and mine[-1].state == "done" and mine[-1].learned and skill is not None)
+        rec["skill"] = None if skill == BASE_SKILL else skill
+        if skill == BASE_SKILL:
+            rec["known_by_base"] = True
         if skill is not None and skill in self.manager.skills:
             rec["card"] = str(self.manager.skills[skill].path)
         t = time.perf_counter()
-        rec["answer"] = self.manager.generate(skill, q, self.max_new_tokens)
+        if ans is None:
+            ans = self._answer(skill, q)
+        rec["answer"] = ans.text
+        rec["answer_confidence"] = round(ans.min_prob, 4)
         stages["answer"] = round(time.perf_counter() - t, 3)
         rec["seconds"] = round(time.perf_counter() - t0, 3)
         rec["stage_seconds"] = stages
@@ -114,9 +131,17 @@ class Autodidact:
 
     def _why_not_learned(self, query: str) -> str:
         for job in self.factory.queue.list():
-            if job.event.topic == topic_key(query) and job.state in ("pending", "running"):
-                return (f"a learning event for this topic is already queued (job {job.id}, {job.state}, "
-                        f"attempt {job.attempts}); it will be retried after its backoff")
+            if job.event.topic != topic_key(query) or job.state not in ("pending", "running"):
+                continue
+            if job.state == "running":
+                who = f"pid {job.holder_pid} on {job.holder_host}" if job.holder_pid else job.worker_id
+                return (f"this topic is being learned right now by another worker ({who}, job {job.id}, "
+                        f"attempt {job.attempts}); ask again when it is done")
+            return (f"a learning event for this topic is queued (job {job.id}, attempt {job.attempts}) and "
+                    "backing off after a failure; it will be retried after its backoff")
+        for job in self.factory.queue.list("dead"):
+            if job.event.topic == topic_key(query):
+                return f"learning this topic failed for good (job {job.id}): {job.errors[-1] if job.errors else '?'}"
         return "no learning event was worked"
 
     def _log(self, rec: dict) -> None:
@@ -168,7 +193,11 @@ def read_queries(cfg: DictConfig) -> tuple[list[str], bool]:
     return [f.question for f in load_pack(cfg.teacher.get("pack"))], True
 
 
-def run_evolve(cfg: DictConfig, run_dir: str | Path) -> list[dict]:
+def build_autodidact(cfg: DictConfig, run_dir: str | Path, banner: str | None = None) -> Autodidact:
+    """Every part of the loop from the Hydra config, checked first (all problems in one error).
+
+    The caller closes ``bot.factory.queue`` and finishes ``bot.logger`` (``close_autodidact``).
+    """
     from autodidact.inference.encoder import get_encoder
     from autodidact.inference.lora_layer import find_targets
     from autodidact.lora_trainer import LoRAConfig, TrainConfig
@@ -176,8 +205,6 @@ def run_evolve(cfg: DictConfig, run_dir: str | Path) -> list[dict]:
     from autodidact.train_skill import build_logger, load_bundle
 
     run_dir = Path(run_dir)
-    queries, demo = read_queries(cfg)
-    # Every section is checked before anything loads, and every problem is reported at once.
     problems: list[str] = []
 
     def section(build):
@@ -197,9 +224,8 @@ def run_evolve(cfg: DictConfig, run_dir: str | Path) -> list[dict]:
     if problems:
         raise ConfigError("\n".join(problems))
     skills_dir = resolve_skills_dir(cfg.get("skills_dir"))
-    if demo:
-        print(f"[autodidact] demo: {len(queries)} questions from the offline demo knowledge pack "
-              f"(fictional facts); skills go to {skills_dir}", file=sys.stderr)
+    if banner:
+        print(f"{banner}; skills go to {skills_dir}", file=sys.stderr)
 
     bundle = load_bundle(cfg.model)
     find_targets(bundle.model, lora.target_modules)  # a wrong lora.target_modules fails now, not mid-learning
@@ -213,7 +239,7 @@ def run_evolve(cfg: DictConfig, run_dir: str | Path) -> list[dict]:
     logger = build_logger(cfg)
     factory = SkillFactory(
         queue,
-        CloudDistiller(build_teacher(tc, run_dir / TRANSCRIPT_NAME), tc.distill),
+        CloudDistiller(build_teacher(tc, run_dir / TRANSCRIPT_NAME), tc.distill, encoder=router.encoder),
         manager,
         lora,
         train,
@@ -221,8 +247,28 @@ def run_evolve(cfg: DictConfig, run_dir: str | Path) -> list[dict]:
         work_dir=run_dir / "work",
         logger=logger,
     )
-    bot = Autodidact(manager, router, factory, threshold=router_cfg.threshold, learn=bool(cfg.learn),
-                     max_new_tokens=int(cfg.model.get("max_new_tokens", 48)), logger=logger)
+    return Autodidact(manager, router, factory, threshold=router_cfg.threshold,
+                      answer_threshold=router_cfg.answer_threshold, learn=bool(cfg.learn),
+                      max_new_tokens=int(cfg.model.get("max_new_tokens", 48)), logger=logger)
+
+
+def close_autodidact(bot: Autodidact, records: list[dict] | None = None) -> None:
+    """Close the queue and finish the logger of a ``build_autodidact`` loop (results as a table first)."""
+    from autodidact.tracking import finish, log_table
+
+    bot.factory.queue.close()
+    if bot.logger is not None:
+        if records:
+            log_table(bot.logger, "results", records)
+        finish(bot.logger)
+
+
+def run_evolve(cfg: DictConfig, run_dir: str | Path) -> list[dict]:
+    run_dir = Path(run_dir)
+    queries, demo = read_queries(cfg)
+    banner = (f"[autodidact] demo: {len(queries)} questions from the offline demo knowledge pack (fictional facts)"
+              if demo else None)
+    bot = build_autodidact(cfg, run_dir, banner)
     records = []
     try:
         for q in queries:
@@ -238,10 +284,5 @@ def run_evolve(cfg: DictConfig, run_dir: str | Path) -> list[dict]:
                 print(f"error: {rec['error']}", file=sys.stderr)
             print(json.dumps(rec, ensure_ascii=False), flush=True)
     finally:
-        queue.close()
-        if logger is not None:
-            logger.finalize("success")
-            exp = getattr(logger, "_experiment", None)
-            if exp is not None:
-                exp.finish()
+        close_autodidact(bot, records)
     return records

@@ -10,11 +10,15 @@
   attached at once; the least recently used is detached and re-read from its card on next use.
 * One re-entrant lock serialises everything that touches the model (generation, training, swaps),
   so a watcher thread can install cards while the serving thread answers.
+* What the base model already knows needs no adapter: ``remember_base`` keeps such questions in
+  ``skills_dir/base_knowledge.json`` and routes them to ``BASE_SKILL``, answered with no adapter.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -26,11 +30,17 @@ import torch.nn as nn
 
 from autodidact.card import SUFFIX, Card, CardError, attach_card, check_card_fits, read_card
 from autodidact.errors import ConfigError
+from autodidact.fileio import atomic_write_text
+from autodidact.inference.answer import Answer, answer_with_confidence
 from autodidact.inference.generate import generate_answer
 from autodidact.inference.lora_layer import delete_adapter, set_adapter
 from autodidact.models import ModelBundle
 
 log = logging.getLogger(__name__)
+
+BASE_SKILL = "<base>"
+"""Routing name of "the base model already knows this": answered with no adapter."""
+BASE_FILE = "base_knowledge.json"
 
 
 @dataclass
@@ -70,6 +80,7 @@ class LoRAManager:
         self._attached: OrderedDict[str, None] = OrderedDict()  # LRU order, most recent last
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
+        self._base_sig: tuple[int, int] | None = None
 
     @property
     def model(self) -> nn.Module:
@@ -80,11 +91,16 @@ class LoRAManager:
         return list(self._attached)
 
     # -- install / unload ----------------------------------------------------------------------
-    def install(self, path: str | Path) -> InstalledSkill:
-        """Validate ``path`` and make its skill available (replacing an older version atomically)."""
+    def install(self, path: str | Path, card: Card | None = None) -> InstalledSkill:
+        """Validate ``path`` and make its skill available (replacing an older version atomically).
+
+        ``card``: the file's decoded content, when the caller has it in memory already (the factory
+        just wrote and verified it); the file is then not read again.
+        """
         path = Path(path)
         sig = _signature(path)
-        card = read_card(path)  # every check runs before any state changes
+        if card is None:
+            card = read_card(path)  # every check runs before any state changes
         check_card_fits(card, self.model, self.bundle.fingerprint)
         routing = card.meta.get("routing")
         with self.lock:
@@ -142,9 +158,49 @@ class LoRAManager:
                 if s.path not in seen and s.path.parent == self.skills_dir:
                     self.unload(name)
                     removed.append(name)
+        self._load_base()
         return {"installed": installed, "refused": refused, "removed": removed}
 
     poll = scan
+
+    # -- what the base model knows ---------------------------------------------------------------
+    def _load_base(self) -> None:
+        path = self.skills_dir / BASE_FILE
+        if self.router is None or not path.exists():
+            return
+        try:
+            sig = _signature(path)
+            if sig == self._base_sig:
+                return
+            data = json.loads(path.read_text("utf-8"))
+            self.router.add_skill(BASE_SKILL, data["routing"])
+            self._base_sig = sig
+        except Exception as e:  # a damaged file must not stop serving: the questions just route as unknown
+            if self.refused.get(path, (None,))[0] != _signature(path):
+                log.warning("ignored %s (%s); delete it to start over", path, e)
+                self.refused[path] = (_signature(path), str(e))
+
+    def remember_base(self, questions: list[str]) -> None:
+        """Route ``questions`` (and their kind) to the base model from now on, in every process."""
+        from autodidact.inference.lora_router import build_routing
+
+        path = self.skills_dir / BASE_FILE
+        with open(self.skills_dir / ".base_knowledge.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # two processes adding at once must not drop each other's
+            known: list[str] = []
+            if path.exists():
+                try:
+                    known = list(json.loads(path.read_text("utf-8")).get("questions", []))
+                except (ValueError, OSError, AttributeError) as e:
+                    log.warning("rewriting damaged %s (%s)", path, e)
+            known = list(dict.fromkeys([*known, *(q.strip() for q in questions if q.strip())]))
+            encoder = self.router.encoder if self.router is not None else None
+            if encoder is None:
+                return
+            routing = build_routing(known, encoder)
+            atomic_write_text(path, json.dumps({"questions": known, "routing": routing}, ensure_ascii=False))
+        self.router.add_skill(BASE_SKILL, routing)
+        self._base_sig = _signature(path)
 
     # -- watcher -------------------------------------------------------------------------------
     def start_watching(self, interval_s: float = 1.0) -> None:
@@ -194,7 +250,9 @@ class LoRAManager:
 
     @contextlib.contextmanager
     def use(self, name: str | None) -> Iterator[nn.Module]:
-        """Hold the model with adapter ``name`` (or none) active."""
+        """Hold the model with adapter ``name`` (or none; ``BASE_SKILL`` is none too) active."""
+        if name == BASE_SKILL:
+            name = None
         with self.lock:
             if name is not None:
                 self._ensure_attached(name)
@@ -207,3 +265,8 @@ class LoRAManager:
     def generate(self, name: str | None, question: str, max_new_tokens: int = 48) -> str:
         with self.use(name) as model:
             return generate_answer(model, self.bundle.tokenizer, question, max_new_tokens=max_new_tokens)
+
+    def answer(self, name: str | None, question: str, max_new_tokens: int = 48) -> Answer:
+        """The greedy answer with adapter ``name`` and how sure the model was of each token."""
+        with self.use(name) as model:
+            return answer_with_confidence(model, self.bundle.tokenizer, question, max_new_tokens=max_new_tokens)

