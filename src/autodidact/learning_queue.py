@@ -204,13 +204,23 @@ class QueuePolicy:
     """Upper bound on the backoff delay."""
 
     def __post_init__(self) -> None:
+        # Checked here, not only by the config loader: a value of the wrong type (``queue.max_attempts=abc``
+        # on the command line) must give this error, never a TypeError from a comparison below.
         problems = []
-        if self.max_attempts < 1:
-            problems.append(f"max_attempts={self.max_attempts} must be >= 1")
-        if self.backoff_base_s < 0 or self.backoff_max_s < 0:
-            problems.append("backoff_base_s and backoff_max_s must be >= 0")
+        for name, kind in (("max_attempts", "a whole number"), ("backoff_base_s", "a number of seconds"),
+                           ("backoff_max_s", "a number of seconds")):
+            value = getattr(self, name)
+            whole = isinstance(value, int) and not isinstance(value, bool)
+            if not (whole or (kind != "a whole number" and isinstance(value, float))):
+                problems.append(f"queue.{name}={value!r} must be {kind}")
+        if not problems:
+            if self.max_attempts < 1:
+                problems.append(f"queue.max_attempts={self.max_attempts} must be >= 1")
+            if self.backoff_base_s < 0 or self.backoff_max_s < 0:
+                problems.append("queue.backoff_base_s and queue.backoff_max_s must be >= 0")
         if problems:
-            raise QueueError("Invalid queue policy: " + "; ".join(problems) + ".")
+            raise QueueError("Invalid queue policy: " + "; ".join(problems) + ". Fix queue.* in conf/config.yaml "
+                             "or on the command line.")
 
     def backoff(self, attempts: int) -> float:
         """Seconds to wait after the ``attempts``-th failed attempt."""
