@@ -142,6 +142,7 @@ class TrainResult:
 
     adapter: str
     loss_initial: float
+    """Answer loss before training: the first batch's, measured before the first update."""
     loss_final: float
     steps: int
     epochs: int
@@ -396,7 +397,6 @@ class LoRATrainer:
                  n_trainable, len(targets), len(pairs), precision,
                  f", frozen layers 0..{start - 1} run once" if start else "")
 
-        loss0, _ = self.evaluate(pairs, cache)
         dm = QADataModule(
             tok,
             pairs=pairs,
@@ -449,6 +449,9 @@ class LoRATrainer:
         for p in model.parameters():  # serving needs no grads; keeps the adapter frozen until retrained
             p.requires_grad = False
         steps = trainer.global_step
+        # No separate pass for the initial loss: the adapter starts as the identity (B = 0), so the
+        # first batch's loss, taken before the first update, is the base model's on those examples.
+        loss0 = module.losses[0] if module.losses else float("nan")
         if last_eval and module.confirmed_at_step == steps:
             loss1, exact = last_eval[0]  # the confirmation that stopped training saw these very weights
         else:
@@ -456,7 +459,7 @@ class LoRATrainer:
         model.to(home)
         result = TrainResult(
             adapter=adapter,
-            loss_initial=round(loss0, 6),
+            loss_initial=round(loss0, 6),  # the first batch's, before any update (B = 0: the base model)
             loss_final=round(loss1, 6),
             steps=steps,
             epochs=trainer.current_epoch,
