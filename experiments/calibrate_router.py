@@ -257,15 +257,19 @@ class Bench:
         self.encoder = encoder
         self.routing: dict[str, dict] = {}
 
+    @staticmethod
+    def _id(s: Skill) -> tuple:
+        return s.name, tuple(s.questions)  # dev and test both have a skill "s0f0": key by content too
+
     def keys(self, skills: list[Skill]) -> None:
         for s in skills:
-            if s.name not in self.routing:
-                self.routing[s.name] = build_routing(s.questions, self.encoder)
+            if self._id(s) not in self.routing:
+                self.routing[self._id(s)] = build_routing(s.questions, self.encoder)
 
     def router(self, skills: list[Skill], cfg: RouterConfig) -> LoRARouter:
         self.keys(skills)
         r = LoRARouter(cfg, self.encoder)
-        r.add_skills((s.name, self.routing[s.name]) for s in skills)
+        r.add_skills((s.name, self.routing[self._id(s)]) for s in skills)
         return r
 
 

@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": [first_rec["seconds"], second_rec["seconds"]],
                 "learned": [first_rec["learned"], second_rec["learned"]],
             })
+            with (run_dir / "subjects.jsonl").open("a", encoding="utf-8") as f:  # progress, if the run is cut short
+                f.write(json.dumps(rows[-1], ensure_ascii=False) + "\n")
         retention = []
         for s in subjects:
             for fact in (s, s["second"]):

@@ -47,7 +47,6 @@ class Case:
 
 MODEL_SECTION = "model: evolve_loop/train_skill read cfg.model with .get(); no typed ModelConfig refuses unknown or mistyped keys"
 LOGGER_SECTION = "logger: tracking.instantiate_logger passes cfg.logger to Hydra unchecked"
-QUEUE_KEYS = "queue: evolve_loop builds QueuePolicy(**dict(cfg.queue)); use to_dataclass(QueuePolicy, cfg.queue, 'queue')"
 TOP_LEVEL = "top level: no check of evolve.py's own keys (learn, seed, ...) or of +unknown ones"
 TEACHER_TYPES = "teacher: TeacherConfig.from_cfg does not type-check nested sections (policy, distill, openai...)"
 ROUTER_TYPES = "router: RouterConfig.from_mapping reports a comparison error without naming the key"
@@ -67,7 +66,7 @@ CASES: dict[str, Case] = {
         ["lora.bogus is not a setting (known: alpha", "trainer.bogus is not a setting (known: accelerator",
          "unknown key teacher.bogus", "unknown key teacher.policy.bogus", "Unknown router setting(s) ['bogus']",
          "factory.bogus is not a setting (known: card_dtype", "manager.bogus is not a setting (known: max_loaded"]),
-    "unknown:queue": Case(["+queue.bogus=1"], ["queue.bogus"], fix=QUEUE_KEYS),
+    "unknown:queue": Case(["+queue.bogus=1"], ["queue.bogus"]),
     "unknown:typo-without-plus": Case(["trainer.lrr=1"], ["Could not override 'trainer.lrr'", "Key 'lrr' is not in struct"],
                                       hydra=True),
     # a value of the wrong type in every section
@@ -130,6 +129,7 @@ def params():
         yield pytest.param(name, marks=marks, id=name)
 
 
+@pytest.mark.slow  # 13 evolve.py runs
 @pytest.mark.parametrize("name", params())
 def test_bad_input_is_one_clear_error(results, name):
     case = CASES[name]

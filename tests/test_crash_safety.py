@@ -87,22 +87,23 @@ def crash_and_rerun(tmp: Path, stage: str, pack: Path) -> Crash:
     # model's low token probabilities would otherwise make every rerun learn again whatever it found.
     args = [*quick_learn_args(pack, skills, run_dir), "router.answer_threshold=0", f"query={QUESTION}"]
     paused = runner.start(args, evolve_env(tmp, **{PAUSE_ENV: stage, PAUSE_FILE_ENV: str(marker)}), tmp / "out")
-    deadline = time.monotonic() + PAUSE_TIMEOUT_S
-    while not marker.exists():
-        code = runner.poll(paused)
-        if code is not None or time.monotonic() > deadline:
-            if code is None:
-                os.killpg(paused.pid, signal.SIGKILL)
-                runner.wait(paused, timeout=30)
-            crash.error = (f"evolve.py never paused at {stage!r} (exit {paused.code}):\n"
-                           + paused.stderr_path.read_text(errors="replace")[-3000:])
-            return crash
-        time.sleep(0.05)
-    time.sleep(0.05)  # the marker is written in one call; let it land
-    crash.marker = marker.read_text().strip()
-    os.kill(paused.pid, signal.SIGKILL)
-    while runner.poll(paused) is None:
-        time.sleep(0.01)
+    try:
+        deadline = time.monotonic() + PAUSE_TIMEOUT_S
+        while not marker.exists():
+            if runner.poll(paused) is not None or time.monotonic() > deadline:
+                crash.error = (f"evolve.py never paused at {stage!r} (exit {paused.code}):\n"
+                               + paused.stderr_path.read_text(errors="replace")[-3000:])
+                return crash
+            time.sleep(0.05)
+        time.sleep(0.05)  # the marker is written in one call; let it land
+        crash.marker = marker.read_text().strip()
+        os.kill(paused.pid, signal.SIGKILL)
+        while runner.poll(paused) is None:
+            time.sleep(0.01)
+    finally:
+        if paused.code is None:  # never left paused: nothing would ever kill it
+            os.killpg(paused.pid, signal.SIGKILL)
+            runner.wait(paused, timeout=30)
     crash.killed_code = paused.code
     killed_at = time.monotonic()
     crash.after_kill = skills_dir_view(skills)
@@ -137,16 +138,7 @@ def crashes(request, tmp_path_factory) -> dict[str, Crash]:
     return out
 
 
-INSTALLING_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="killed after the card reached skills_dir but before the job completed: the rerun installs the card "
-           "at start and routes the question to it confidently, so it never drains the queue and the job stays "
-           "'running' for good (for the lead: drain ready jobs when the loop starts; /work/notes/reliability-2.md)",
-)
-
-
-@pytest.mark.parametrize("stage", [pytest.param(s, marks=INSTALLING_XFAIL) if s == "installing" else s
-                                   for s in STAGES])
+@pytest.mark.parametrize("stage", STAGES)
 def test_kill_9_in_a_stage_then_the_same_command_learns_the_skill_exactly_once(crashes, encoder, stage):
     crash = crashes[stage]
     assert crash.error is None, crash.error

@@ -113,7 +113,7 @@ def test_ask_survives_a_huge_question_and_returns_every_key(tmp_path, encoder, l
         return
     # The offline teacher does not know it: the (truncated) event stays queued for a retry.
     [job] = jobs
-    assert job.state == "pending" and len(job.event.query) == RouterConfig().max_query_chars
+    assert job.state == "pending" and 1900 <= len(job.event.query) <= RouterConfig().max_query_chars
     assert "distill" in rec["reason"] and rec["job"]["state"] == "retry"
 
 

@@ -170,12 +170,6 @@ def test_canary_keys_appear_in_no_file_and_no_output(tmp_path):
     assert_sent_and_not_leaked(tmp_path, requests, outputs)
 
 
-ECHO = ("a provider error that repeats the API key reaches the log, stderr, the result record, results.jsonl, "
-        "the queue database and the W&B run: teachers/providers.map_sdk_error keeps the server's message as it "
-        "is (for the lead: scrub the provider's own key there; /work/notes/reliability-2.md)")
-
-
-@pytest.mark.xfail(strict=True, reason=ECHO)
 def test_a_provider_that_repeats_the_key_in_its_error_does_not_leak_it(tmp_path):
     pack = write_quick_pack(tmp_path / "pack.json")
     with EchoingServer(qa_source=teacher_for(pack)) as server:

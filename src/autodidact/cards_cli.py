@@ -57,6 +57,9 @@ def card_summary(card, path: Path) -> dict:
         "teacher": teacher or None,
         "query": m.get("query"),
         "reference_answer": m.get("reference_answer"),
+        "facts": [{"query": f.get("query"), "answer": f.get("answer")} for f in m.get("facts", [])
+                  if isinstance(f, dict)],
+        "pairs": len(m.get("pairs", [])) if isinstance(m.get("pairs"), list) else 0,
         "verify": verify or None,
         "routing_examples": m["routing"].get("count") if isinstance(m.get("routing"), dict) else None,
         "source": m.get("source"),
@@ -154,14 +157,24 @@ def cmd_inspect(args) -> int:
     ]
     if s["teacher"]:
         lines.append(("teacher", ", ".join(f"{k}={v}" for k, v in s["teacher"].items())))
-    if s["query"]:
-        lines.append(("query", s["query"]))
-    if s["reference_answer"]:
-        lines.append(("answer", s["reference_answer"]))
+    if len(s["facts"]) > 1:  # a skill that grew: every fact it holds
+        for i, f in enumerate(s["facts"], 1):
+            lines.append((f"fact {i}", f"{f['query']} -> {f['answer']}"))
+    else:
+        if s["query"]:
+            lines.append(("query", s["query"]))
+        if s["reference_answer"]:
+            lines.append(("answer", s["reference_answer"]))
+    if s["pairs"]:
+        lines.append(("pairs", f"{s['pairs']} training pairs kept for retraining"))
     if s["verify"]:
         v = s["verify"]
-        lines.append(("verified", f"reference {'right' if v.get('reference_correct') else 'wrong'}, held-out "
-                                  f"{v.get('heldout_correct', '?')}/{v.get('heldout_total', '?')}"))
+        if "references_correct" in v:  # a card that can hold several facts of one subject
+            refs = f"{v['references_correct']} question(s) right"
+        else:
+            refs = f"reference {'right' if v.get('reference_correct') else 'wrong'}"
+        lines.append(("verified", f"{refs}, held-out {v.get('heldout_correct', '?')}/{v.get('heldout_total', '?')}"
+                                  + (f" (from {v['from']})" if v.get("from") else "")))
     if s["routing_examples"] is not None:
         lines.append(("routing", f"key from {s['routing_examples']} questions"))
     if s["source"]:

@@ -219,7 +219,7 @@ def build_autodidact(cfg: DictConfig, run_dir: str | Path, banner: str | None = 
     train = section(lambda: to_dataclass(TrainConfig, cfg.trainer, "trainer"))
     fcfg = section(lambda: to_dataclass(FactoryConfig, cfg.factory, "factory"))
     mcfg = section(lambda: to_dataclass(ManagerConfig, cfg.manager, "manager"))
-    qpolicy = section(lambda: QueuePolicy(**dict(cfg.queue)))
+    qpolicy = section(lambda: to_dataclass(QueuePolicy, cfg.queue, "queue"))
     tc = section(lambda: TeacherConfig.from_cfg(cfg.teacher))
     if problems:
         raise ConfigError("\n".join(problems))
@@ -271,6 +271,10 @@ def run_evolve(cfg: DictConfig, run_dir: str | Path) -> list[dict]:
     bot = build_autodidact(cfg, run_dir, banner)
     records = []
     try:
+        if bot.learn:
+            # Jobs left by a worker that died (or backed off and are due) are finished first, at once,
+            # rather than whenever someone happens to ask the same question again.
+            bot.factory.drain()
         for q in queries:
             try:
                 rec = bot.ask(q)

@@ -248,14 +248,28 @@ class LoRAManager:
             raise KeyError(f"no installed skill {name!r}")
         self._attach(read_card(skill.path), name)
 
+    def _usable(self, name: str) -> bool:
+        """Attach ``name`` if it can be; a skill removed (or whose card vanished) since the query was
+        routed is unloaded, as the next scan would, and the base model answers instead."""
+        if name not in self.skills:
+            log.info("skill %r was removed after routing; answering with the base model", name)
+            return False
+        try:
+            self._ensure_attached(name)
+            return True
+        except (CardError, OSError) as e:
+            log.warning("skill %r cannot be re-read (%s); unloading it, the base model answers", name, e)
+            self.unload(name)
+            return False
+
     @contextlib.contextmanager
     def use(self, name: str | None) -> Iterator[nn.Module]:
         """Hold the model with adapter ``name`` (or none; ``BASE_SKILL`` is none too) active."""
         if name == BASE_SKILL:
             name = None
         with self.lock:
-            if name is not None:
-                self._ensure_attached(name)
+            if name is not None and not self._usable(name):
+                name = None
             set_adapter(self.model, name)
             try:
                 yield self.model

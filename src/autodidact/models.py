@@ -86,7 +86,7 @@ def weights_fingerprint(model: nn.Module) -> str:
         step = max(1, flat.numel() // 4096)
         sample = flat[::step][:4096].to(torch.float32).contiguous()
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(sample.numpy().tobytes())
+        h.update(sample.cpu().numpy().tobytes())  # cpu(): a model may live on a GPU
     return "sha256:" + h.hexdigest()[:32]
 
 

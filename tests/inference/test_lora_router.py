@@ -543,6 +543,12 @@ def test_lookalikes_are_unknown_though_their_nearest_skill_is_the_lookalike(
     assert r.subject is None  # another subject: nothing to join
 
 
+def test_code_defaults_are_the_fitted_config() -> None:
+    """RouterConfig() (what code and tests build without Hydra) is conf/router/default.yaml's fit."""
+    with initialize_config_dir(config_dir=str(CONF_DIR / "router"), version_base=None):
+        assert RouterConfig.from_mapping(compose("default")) == RouterConfig()
+
+
 def test_threshold_override_changes_what_triggers(encoder, real_cards) -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR / "router"), version_base=None):
         strict = RouterConfig.from_mapping(compose("default", overrides=["threshold=0.999"]))

@@ -73,13 +73,14 @@ class RouterConfig:
     answer_threshold: float = 0.5
     """Below this (the lowest token probability of the routed skill's greedy answer) the answer is
     weak: dissonance too, so a new fact about a learned subject is learned (0 turns it off)."""
-    weights: tuple[float, ...] = (14.0, 0.0, 6.0, 6.0, -1.0)
+    # The four below are the values fitted into conf/router/default.yaml (a test keeps them equal).
+    weights: tuple[float, ...] = (1.2903, 1.278, 0.9806, 1.3757, -2.746)
     """Logistic weights of the fact model, one per feature in ``route_features.FEATURES``."""
-    bias: float = -21.0
+    bias: float = -1.9792
     """Its intercept."""
-    subject_weights: tuple[float, ...] = (8.0, 0.0, 0.0, 10.0, 0.0)
+    subject_weights: tuple[float, ...] = (3.0565, 3.0296, 2.0153, 2.715, -0.9077)
     """Logistic weights of the same-subject model."""
-    subject_bias: float = -15.0
+    subject_bias: float = -2.573
     """Its intercept."""
     top_k: int = 16
     """Skills scored on every feature (by best cosine); the rest are too far to matter."""

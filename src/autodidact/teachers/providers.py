@@ -78,7 +78,7 @@ def _retry_after(headers) -> float | None:
     return None
 
 
-def map_sdk_error(exc: Exception, provider: str, key_hint: str) -> TeacherError:
+def map_sdk_error(exc: Exception, provider: str, key_hint: str, secret: str | None = None) -> TeacherError:
     """Translate an ``openai``/``anthropic`` exception into our family.
 
     Both SDKs share the same shape (``APITimeoutError`` < ``APIConnectionError``, ``APIStatusError``
@@ -97,6 +97,8 @@ def map_sdk_error(exc: Exception, provider: str, key_hint: str) -> TeacherError:
     if isinstance(exc, status_types):
         code = exc.status_code
         detail = _short(getattr(exc, "message", str(exc)))
+        if secret:  # some gateways echo the refused key; it must not reach a log, record or queue
+            detail = detail.replace(secret, "***")
         if code in (401, 403):
             return AuthFailed(
                 f"HTTP {code}: the API key was rejected. Check {key_hint} (and the endpoint "
@@ -147,6 +149,7 @@ class _SDKProvider:
         self.timeout = float(timeout)
         self.max_tokens = int(max_tokens)
         self.structured_output = bool(structured_output)
+        self._secret = api_key  # only to scrub it from error messages; never shown
         self._client = self._make_client(api_key)
 
     def _make_client(self, api_key: str):  # pragma: no cover - overridden
@@ -168,7 +171,7 @@ class _SDKProvider:
             try:
                 text, model, usage = self._request(system, user, timeout, structured)
             except Exception as exc:
-                err = exc if isinstance(exc, TeacherError) else map_sdk_error(exc, self.name, self._key_hint)
+                err = exc if isinstance(exc, TeacherError) else map_sdk_error(exc, self.name, self._key_hint, self._secret)
                 if structured is None or not isinstance(err, Rejected):
                     raise
                 # An OpenAI-compatible server without structured output: say so once, then plain text.
@@ -180,7 +183,7 @@ class _SDKProvider:
         except TeacherError:
             raise
         except Exception as exc:  # every SDK/transport failure becomes one of ours
-            raise map_sdk_error(exc, self.name, self._key_hint) from exc
+            raise map_sdk_error(exc, self.name, self._key_hint, self._secret) from exc
         return Completion(text, self.name, model, time.monotonic() - start, usage)
 
     @property
