@@ -2,11 +2,12 @@
 
 Each card version carries different adapter weights, so on the tiny model each version gives its own
 greedy answer to the same question: its text and the probability of every token (checked first, each
-version alone; the tiny model's text alone is often undecodable bytes, so the probabilities tell them apart). Then reader threads run the serving path
-(route, then answer with the routed skill or the base model) while a writer drops new versions of one
-skill into ``skills_dir`` (atomic rename), removes it, puts it back, and rescans, with ``max_loaded=1`` so
-adapters are also evicted and re-read from their files all the while. Every answer must be exactly one
-version's answer (or the base model's), never a mix, and no query may fail.
+version alone; the tiny model's text is often undecodable bytes, so the probabilities tell them apart).
+Then reader threads run the serving path (route, then answer with the routed skill or the base model)
+while a writer drops new versions of one skill into ``skills_dir`` (atomic rename), removes it, puts it
+back, and rescans, with ``max_loaded=1`` so adapters are also evicted and re-read from their files all
+the while. Every answer must be exactly one version's answer, never a mix, or the base model's (the
+skill was removed, before routing or between routing and answering); no query may fail.
 """
 
 from __future__ import annotations
@@ -135,23 +136,19 @@ def churn(tmp_path_factory, library, encoder) -> Churn:
     return out
 
 
-# A skill removed (or whose evicted card vanished) between routing and answering is answered by the
-# base model (LoRAManager.use): the churn tolerates no error at all.
-KNOWN_RACES: tuple = ()
-
-
 def test_every_answer_comes_from_exactly_one_version_while_cards_change(churn):
     versions = [churn.expect[(CHANGING, v)] for v in VERSIONS]
     base_answer = churn.expect[(QUESTIONS[CHANGING], 0)]
     assert len({*versions, base_answer}) == len(VERSIONS) + 1, (versions, base_answer)  # distinguishable
-    unknown = [e for e in churn.errors if not any(p.match(e) for p in KNOWN_RACES)]
-    assert unknown == [], "\n".join(unknown[:8])
+    assert churn.errors == [], "\n".join(churn.errors[:8])
 
     served = Counter()
     for about, skill, ans in churn.answers:
         if skill is None:  # routed to no skill (the changing one was removed): the base model answers
             assert ans == churn.expect[(QUESTIONS[about], 0)], (about, ans)
             served[f"{about}: base"] += 1
+        elif skill == CHANGING and ans == base_answer:  # removed between routing and answering
+            served[f"{CHANGING}: base (removed after routing)"] += 1
         elif skill == CHANGING:
             assert about == CHANGING and ans in versions, (about, ans, versions)  # one version, never a mix
             served[f"{CHANGING} v{versions.index(ans) + 1}"] += 1
@@ -159,9 +156,9 @@ def test_every_answer_comes_from_exactly_one_version_while_cards_change(churn):
             assert skill == about == STEADY and ans == churn.expect[(STEADY, 1)], (about, skill, ans)
             served[STEADY] += 1
     assert sum(churn.changes.values()) == CHANGES and churn.changes["removed"] >= 5, churn.changes
-    assert len(churn.answers) >= 50 and sum(served[f"{CHANGING} v{v}"] > 0 for v in VERSIONS) >= 2, served
+    assert len(churn.answers) >= 30 and sum(served[f"{CHANGING} v{v}"] > 0 for v in VERSIONS) >= 2, served
     print(f"\n{len(churn.answers)} answers from {READERS} threads during {dict(churn.changes)}: "
-          f"{dict(sorted(served.items()))}; {len(churn.errors)} errors from the known races")
+          f"{dict(sorted(served.items()))}")
 
 
 def removed_between_route_and_answer(tmp: Path, library, encoder, evict: bool):
@@ -180,14 +177,12 @@ def removed_between_route_and_answer(tmp: Path, library, encoder, evict: bool):
     (skills / f"{CHANGING}{SUFFIX}").unlink()
     if not evict:
         manager.scan()  # the removal is seen before the answer
-    return manager.answer(skill, QUESTIONS[CHANGING], MAX_NEW_TOKENS)
+    return (manager.answer(skill, QUESTIONS[CHANGING], MAX_NEW_TOKENS),
+            manager.answer(None, QUESTIONS[CHANGING], MAX_NEW_TOKENS))
 
 
-def test_a_skill_removed_between_routing_and_answering_still_gets_an_answer(tmp_path, library, encoder):
-    ans = removed_between_route_and_answer(tmp_path, library, encoder, evict=False)
-    assert isinstance(ans, Answer)
-
-
-def test_an_evicted_skill_whose_card_vanished_still_gets_an_answer(tmp_path, library, encoder):
-    ans = removed_between_route_and_answer(tmp_path, library, encoder, evict=True)
-    assert isinstance(ans, Answer)
+@pytest.mark.parametrize("evict", [False, True], ids=["removed-and-scanned", "evicted-and-file-gone"])
+def test_a_skill_removed_between_routing_and_answering_is_answered_by_the_base_model(tmp_path, library, encoder,
+                                                                                      evict):
+    ans, base = removed_between_route_and_answer(tmp_path, library, encoder, evict=evict)
+    assert ans == base

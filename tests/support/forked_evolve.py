@@ -94,6 +94,7 @@ class ForkedEvolve:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._n = 0
+        self._runs: list[Run] = []
         self.proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(ROOT)], cwd=ROOT, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                      env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
@@ -124,6 +125,7 @@ class ForkedEvolve:
             reply = self._ask({"op": "run", "args": list(args), "env": dict(env), "cwd": str(cwd),
                                "stdout": str(run.stdout_path), "stderr": str(run.stderr_path)})
         run.pid = reply["pid"]
+        self._runs.append(run)
         return run
 
     def poll(self, run: Run) -> int | None:
@@ -152,6 +154,14 @@ class ForkedEvolve:
         return self.wait(self.start(args, env, out_dir), timeout)
 
     def close(self) -> None:
+        """Kill (with their process groups) the children still running, e.g. one a failed test left
+        paused, then stop the server."""
+        for run in self._runs:
+            if run.code is None and self.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(run.pid, signal.SIGKILL)
+                with contextlib.suppress(Exception):
+                    self.wait(run, timeout=30)
         if self.proc.poll() is None:
             self.proc.stdin.close()
             try:
