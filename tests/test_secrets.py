@@ -12,8 +12,8 @@ results, the skills dir with its cards and queue database, W&B's offline runs, d
 settings) and every run's stdout and stderr are searched for the canaries: none may hold them. The
 canaries must have reached the server, so the test cannot pass by never using them.
 
-A second test has the server behave like a careless gateway whose 401 repeats the refused key in full
-(a strict xfail until the providers scrub their own key from error messages).
+A second test has the server repeat the key it was sent: in a 401's message (a careless gateway), and
+in a 200 reply that is not what was asked for (a proxy's HTML page, a model's prose).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from tests.support.forked_evolve import (
     shared_runner,
     write_quick_pack,
 )
-from tests.support.teacher_server import TeacherServer, _make_handler
+from tests.support.teacher_server import TeacherServer, _anthropic_body, _make_handler, _openai_body
 
 pytestmark = pytest.mark.slow
 
@@ -49,21 +49,29 @@ CANARIES = (OPENAI_CANARY, ANTHROPIC_CANARY)
 
 
 class EchoingServer(TeacherServer):
-    """The loopback teacher, except that a 401 repeats the key it refused, whole."""
+    """The loopback teacher, except that it repeats the key it was sent, whole: in a 401's error message
+    (as careless gateways do), in a 200 HTML error page (a proxy) and in the model's prose reply."""
 
     def start(self) -> EchoingServer:
         base = _make_handler(self)
 
         class Handler(base):
             def _respond(self, provider, model, question, fault, structured=False, tool=None):
-                if fault != "401":
-                    return super()._respond(provider, model, question, fault, structured, tool)
                 key = self.headers.get("x-api-key") or self.headers.get("authorization", "").removeprefix("Bearer ")
-                message = f"Incorrect API key provided: {key}. You can find your API key in your account."
-                body = ({"type": "error", "error": {"type": "authentication_error", "message": message}}
-                        if provider == "anthropic" else
-                        {"error": {"message": message, "type": "invalid_request_error", "code": "invalid_api_key"}})
-                self._send(401, json.dumps(body).encode())
+                if fault == "401":
+                    message = f"Incorrect API key provided: {key}. You can find your API key in your account."
+                    body = ({"type": "error", "error": {"type": "authentication_error", "message": message}}
+                            if provider == "anthropic" else
+                            {"error": {"message": message, "type": "invalid_request_error", "code": "invalid_api_key"}})
+                    self._send(401, json.dumps(body).encode())
+                elif fault == "garbage_body":
+                    self._send(200, f"<html><body>502 from the proxy (key {key})</body></html>".encode(), "text/html")
+                elif fault == "non_json_text":
+                    text = f"I cannot help with that. Your key {key} is not allowed to use this model."
+                    envelope = _openai_body(model, text) if provider == "openai" else _anthropic_body(model, text)
+                    self._send(200, json.dumps(envelope).encode())
+                else:
+                    super()._respond(provider, model, question, fault, structured, tool)
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
@@ -170,15 +178,26 @@ def test_canary_keys_appear_in_no_file_and_no_output(tmp_path):
     assert_sent_and_not_leaked(tmp_path, requests, outputs)
 
 
-def test_a_provider_that_repeats_the_key_in_its_error_does_not_leak_it(tmp_path):
+REPLY_ECHO = ("a reply that is not what was asked for (an HTML page, prose) is quoted in the BadReply message "
+              "(distiller.parse_reply, providers' 'reply has no choices'), unscrubbed: a key in it reaches the log, "
+              "the record and the queue. For the lead: scrub the chain's secrets from every TeacherError message "
+              "(see /work/notes/reliability-2.md)")
+
+
+@pytest.mark.parametrize("faults", [
+    pytest.param(("401", "401"), id="in-a-401-message"),
+    pytest.param(("garbage_body", "non_json_text"), id="in-a-200-reply",
+                 marks=pytest.mark.xfail(strict=True, reason=REPLY_ECHO)),
+])
+def test_a_provider_that_repeats_the_key_does_not_leak_it(tmp_path, faults):
     pack = write_quick_pack(tmp_path / "pack.json")
     with EchoingServer(qa_source=teacher_for(pack)) as server:
-        server.fail_always("openai", "401")
-        server.fail_always("anthropic", "401")
+        server.fail_always("openai", faults[0])
+        server.fail_always("anthropic", faults[1])
         res = shared_runner().run(evolve_args(server, pack, tmp_path / "skills", tmp_path / "run",
                                               quick_question("quorvale")), canary_env(tmp_path), tmp_path / "out",
                                   timeout=400)
         requests = server.requests
     rec = last_json(res.stdout)
-    assert rec["learned"] is False and "401" in rec["reason"], rec
+    assert rec["learned"] is False and "distill" in rec["reason"], rec
     assert_sent_and_not_leaked(tmp_path, requests, [res.stdout, res.stderr])

@@ -27,6 +27,7 @@ from autodidact.learning_queue import LearningEvent, LearningQueue, QueuePolicy,
 from autodidact.lora_trainer import LoRAConfig, TrainConfig
 from autodidact.skill_factory import FactoryConfig, SkillFactory
 from autodidact.teachers import TRANSCRIPT_NAME, CloudDistiller, TeacherConfig, build_teacher
+from autodidact.teachers.distiller import extract_question
 from tests.support.teacher_server import FAULTS, TeacherServer
 from tests.teachers.conftest import loopback_cfg
 
@@ -175,16 +176,21 @@ def test_300_distillations_against_a_30_percent_faulty_teacher_lose_nothing(tmp_
     assert set(faults) == FAULTS, faults
     assert 0.25 <= sum(faults.values()) / len(drawn) <= 0.35, faults
 
-    # The transcript: one complete JSON line per HTTP exchange, in order; failing faults recorded as errors.
+    # The transcript: one complete JSON line per HTTP exchange; every failing fault recorded as an error.
+    # Matched by (provider, question), not by position: a loaded machine may run the server's handler of
+    # a request the client already gave up on after the next request's handler.
     lines = transcript.read_text(encoding="utf-8").splitlines()
     assert len(lines) == len(requests)
     records = [json.loads(line) for line in lines]
-    assert [r["provider"] for r in records] == [r.provider for r in requests]
-    for rec, req in zip(records, requests, strict=True):
+    for rec in records:
         assert rec.keys() >= {"ts", "provider", "model", "attempt", "request", "reply", "latency_s", "error"}
-        assert req.question in rec["request"]["user"]
-        if req.fault in FAILING:
-            assert rec["error"] is not None, (req.fault, rec)
+
+    sent = Counter((r.provider, r.question) for r in requests)
+    logged = Counter((r["provider"], extract_question(r["request"]["user"])) for r in records)
+    assert logged == sent
+    must_fail = Counter((r.provider, r.question) for r in requests if r.fault in FAILING)
+    failed = Counter((r["provider"], extract_question(r["request"]["user"])) for r in records if r["error"])
+    assert all(failed[k] >= n for k, n in must_fail.items()), must_fail - failed
     errors = Counter(r["error"]["type"] for r in records if r["error"])
     print(f"\nsoak: {N_EVENTS} events, {len(outcomes)} distillations, {len(requests)} requests "
           f"({sum(faults.values())} faults: {dict(sorted(faults.items()))}); done {counts['done']}, "
