@@ -195,4 +195,6 @@ def test_300_distillations_against_a_30_percent_faulty_teacher_lose_nothing(tmp_
     print(f"\nsoak: {N_EVENTS} events, {len(outcomes)} distillations, {len(requests)} requests "
           f"({sum(faults.values())} faults: {dict(sorted(faults.items()))}); done {counts['done']}, "
           f"dead {counts['dead']}; transcript errors {dict(errors)}; {seconds:.0f} s")
-    assert seconds < 120
+    # ~65 s on the 2-core machine with its load average at 7 (100 s at 10); a hang that cost a whole
+    # timeout per retry, or retries that never stopped, would take far longer.
+    assert seconds < 300
