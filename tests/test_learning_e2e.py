@@ -51,7 +51,7 @@ def cloud(server: TeacherServer, kind: str) -> tuple[str, ...]:
 KEYS = {"OPENAI_API_KEY": "sk-test-openai-e2e", "ANTHROPIC_API_KEY": "sk-ant-test-e2e"}
 CASES = [
     # provider, hard question, an unseen people-typed rephrasing (in no pair the pack serves)
-    ("openai", "Who invented the Quillon loom?", "hey so who was it that came up with the quillon loom"),
+    ("openai", "Who invented the Quillon loom?", "quilon loom inventor?"),
     ("anthropic", "At what temperature does velmorite melt?", "velmorite melting temp??"),
 ]
 
@@ -68,7 +68,7 @@ def test_sloppy_teacher_teaches_and_an_unseen_rephrasing_needs_no_new_learning(t
         requests = server.requests
         assert requests and all(r.provider == kind and r.structured for r in requests)
         second = evolve(tmp_path, "run2", f"query={rephrasing}", *args, env=KEYS)
-        assert len(server.requests) == len(requests), "the second process asked the teacher again"
+        assert len(server.requests) == len(requests), ("the second process asked the teacher again", second)
     assert first["learned"] is True and first["verified"] is True, first.get("reason")
     assert first["job"]["provider"] == kind
     assert not answer_is_correct(first["answer_before"], fact.answer)

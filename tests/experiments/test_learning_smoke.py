@@ -1,0 +1,39 @@
+"""Smokes of the issue-7 experiments: they run end to end and write their figures (not their values)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+
+def test_calibrate_router_reports_the_test_split(tmp_path):
+    import calibrate_router
+
+    assert calibrate_router.main(["--no-fit", "--no-write", "--sizes", "1", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "calibration.json").read_text())
+    [row] = report["test"]
+    assert row["installed"] == 1 and row["positives"] > 100 and row["unknowns"] > 1000
+    for key in ("auroc", "false_capture", "rephrasing_recall", "second_fact_joins_subject"):
+        assert 0.0 <= row[key] <= 1.0
+    assert (tmp_path / "calibration.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_knowledge_eval_runs_the_real_loop_and_writes_its_table(tmp_path):
+    import knowledge_eval
+
+    args = ["--n", "1", "--model", "tiny", "--out", str(tmp_path), "lora=all_linear", "trainer.lr=0.01",
+            "trainer.max_steps=30", "trainer.precision=32-true", "factory.min_heldout_fraction=0",
+            "factory.verify_rounds=1", "model.threads=1"]
+    assert knowledge_eval.main(args) == 0
+    summary = json.loads((tmp_path / "knowledge_eval.json").read_text())["summary"]
+    assert summary["n_facts"] == 2
+    for key in ("reliability", "generalization", "locality", "same_subject", "retention", "events_per_question"):
+        assert 0.0 <= summary[key] <= max(1.0, summary["events_per_question"])
+    assert (tmp_path / "knowledge_eval.png").exists() and (tmp_path / "records.jsonl").exists()
