@@ -96,9 +96,10 @@ def map_sdk_error(exc: Exception, provider: str, key_hint: str, secret: str | No
         return BadReply(f"reply did not match the API schema: {exc}", provider=provider)
     if isinstance(exc, status_types):
         code = exc.status_code
-        detail = _short(getattr(exc, "message", str(exc)))
-        if secret:  # some gateways echo the refused key; it must not reach a log, record or queue
-            detail = detail.replace(secret, "***")
+        raw = str(getattr(exc, "message", str(exc)))
+        if secret:  # some gateways echo the refused key; scrubbed before any cut, so no part of it is left
+            raw = raw.replace(secret, "***")
+        detail = _short(raw)
         if code in (401, 403):
             return AuthFailed(
                 f"HTTP {code}: the API key was rejected. Check {key_hint} (and the endpoint "
