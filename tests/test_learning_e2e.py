@@ -48,6 +48,12 @@ def cloud(server: TeacherServer, kind: str) -> tuple[str, ...]:
             f"teacher.anthropic.base_url={server.anthropic_base_url}")
 
 
+def right(answer: str, fact) -> bool:
+    """Correct by the reference or by any of the teacher's answers for the fact (all state it: "412 degrees
+    Celsius." is right for "Velmorite melts at 412 degrees Celsius.")."""
+    return any(answer_is_correct(answer, a) for a in {fact.answer, *(p["answer"] for p in fact.pairs + fact.heldout)})
+
+
 KEYS = {"OPENAI_API_KEY": "sk-test-openai-e2e", "ANTHROPIC_API_KEY": "sk-ant-test-e2e"}
 CASES = [
     # provider, hard question, an unseen people-typed rephrasing (in no pair the pack serves)
@@ -71,11 +77,11 @@ def test_sloppy_teacher_teaches_and_an_unseen_rephrasing_needs_no_new_learning(t
         assert len(server.requests) == len(requests), ("the second process asked the teacher again", second)
     assert first["learned"] is True and first["verified"] is True, first.get("reason")
     assert first["job"]["provider"] == kind
-    assert not answer_is_correct(first["answer_before"], fact.answer)
-    assert answer_is_correct(first["answer"], fact.answer), first["answer"]
+    assert not right(first["answer_before"], fact)
+    assert right(first["answer"], fact), first["answer"]
     assert second["learned"] is False and "job" not in second and second["skill"] == first["skill"]
     assert second["confidence_before"] >= 0.4
-    assert answer_is_correct(second["answer"], fact.answer), second["answer"]
+    assert right(second["answer"], fact), second["answer"]
     assert [s for (s,) in jobs(skills)] == ["done"]
 
 
