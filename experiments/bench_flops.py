@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
     peak = bf16 if "bf16" in precision else fp32
     res = {
         "machine": info, "model": a.model, "threads": threads, "precision": precision,
-        "lora": {"r": lora.r, "target_modules": lora.target_modules, "layers_to_transform": lora.layers_to_transform},
+        "lora": {"r": lora.r, "target_modules": lora.target_modules, "top_layers": lora.top_layers,
+                 "layers_to_transform": lora.layers_to_transform},
         "steps": result.steps, "learned": result.learned, "fit_s": round(fit_s, 2), "trainer_fit_s": result.seconds,
         "gflop": {k: round(x / 1e9, 1) for k, x in spent.items()} | {"total": round(total / 1e9, 1)},
         "tokens": counts, "median_batch_tokens": m,

@@ -237,6 +237,10 @@ def main(argv: list[str] | None = None) -> dict:
     lora, trainer = shipped_config()
     peft_precision = a.peft_precision if a.peft_precision != "auto" else ("bf16" if cpu_has_native_bf16() else "fp32")
     env = child_env(OMP_WAIT_POLICY="PASSIVE")
+    # The decoder layers ours puts adapters on (lora.top_layers / layers_to_transform), as PEFT indices.
+    n_layers = json.loads((folder / "config.json").read_text())["num_hidden_layers"]
+    layers = lora.get("layers_to_transform") or (
+        list(range(max(0, n_layers - lora["top_layers"]), n_layers)) if lora.get("top_layers") else None)
 
     def argv_for(name: str, k: int) -> tuple[list[str], Path]:
         d = out / f"{name}-{k}"
@@ -248,8 +252,8 @@ def main(argv: list[str] | None = None) -> dict:
                "--data", str(data), "--out", str(d), "--lr", str(trainer["lr"]), "--r", str(lora["r"]),
                "--alpha", str(lora["alpha"]), "--targets", *lora["target_modules"],
                "--precision", peft_precision, "--max-steps", str(a.max_steps)]
-        if lora.get("layers_to_transform"):
-            cmd += ["--layers", *map(str, lora["layers_to_transform"])]
+        if layers:
+            cmd += ["--layers", *map(str, layers)]
         return cmd, d
 
     runs = []
@@ -300,7 +304,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(table(["contender", "round", "wall s", "train s", "steps", "peak RSS MB", "question", "held-out"], rows))
     for key, v in summary["ratio"].items():
         print(f"{key}: median ratio {v['median']:.3f} (per round {v['per_round']})")
-    results = {"model": a.model, "rounds": a.rounds, "ours_overrides": a.set, "lora": lora, "lr": trainer["lr"],
+    results = {"model": a.model, "rounds": a.rounds, "ours_overrides": a.set, "lora": lora, "layers": layers,
+               "lr": trainer["lr"],
                "peft_precision": peft_precision, "runs": runs, "summary": summary}
     save(out, "bench_peft", results)
     plot(out, runs, a.contenders)

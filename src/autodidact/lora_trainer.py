@@ -60,8 +60,11 @@ class LoRAConfig:
     """Dropout on the adapter's input; 0 keeps the learned-check exact and training deterministic."""
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     """Leaf names of the nn.Linear layers that get an adapter (PEFT's target_modules)."""
+    top_layers: int | None = 10
+    """Adapters only on the top N decoder layers (a shorter backward, and the frozen layers below run
+    once per example); null: every layer."""
     layers_to_transform: list[int] | None = None
-    """Decoder layer indices that get adapters (PEFT's layers_to_transform); null: every layer."""
+    """Decoder layer indices that get adapters (PEFT's layers_to_transform); overrides top_layers."""
 
     def problems(self) -> list[str]:
         p = []
@@ -70,6 +73,8 @@ class LoRAConfig:
         ):
             p.append(f"lora.layers_to_transform must be null or a non-empty list of layer indices >= 0 "
                      f"(got {self.layers_to_transform})")
+        if self.top_layers is not None and self.top_layers < 1:
+            p.append(f"lora.top_layers must be null or >= 1 (got {self.top_layers})")
         if self.r < 1:
             p.append(f"lora.r must be >= 1 (got {self.r})")
         if self.alpha <= 0:
@@ -85,11 +90,11 @@ class LoRAConfig:
 class TrainConfig:
     """How to train one skill (Hydra group ``trainer``)."""
 
-    lr: float = 3e-3
-    """AdamW learning rate for the LoRA parameters."""
+    lr: float = 1e-2
+    """AdamW learning rate for the LoRA parameters (tuned: see conf/trainer/default.yaml)."""
     weight_decay: float = 0.0
     """AdamW weight decay (on LoRA parameters only)."""
-    batch_size: int = 8
+    batch_size: int = 4
     """Examples per optimizer step."""
     max_steps: int = 300
     """Step budget; training usually stops earlier, once the skill is learned."""
@@ -215,12 +220,23 @@ def answer_loss(
     return loss, correct, exact
 
 
+def adapter_layers(model: nn.Module, lora: LoRAConfig) -> list[int] | None:
+    """The decoder layer indices ``lora`` puts adapters on; None: every layer."""
+    if lora.layers_to_transform is not None:
+        return sorted(set(lora.layers_to_transform))
+    if lora.top_layers is None:
+        return None
+    n = len(decoder_layers(model) or []) or len(getattr(getattr(model, "model", None), "layers", None) or [])
+    return list(range(max(0, n - lora.top_layers), n)) if n else None
+
+
 def adapter_targets(model: nn.Module, lora: LoRAConfig) -> list[str]:
     """Qualified names of the linear layers that get an adapter under ``lora``."""
     names = find_targets(model, lora.target_modules)
-    if lora.layers_to_transform is None:
+    layers = adapter_layers(model, lora)
+    if layers is None:
         return names
-    keep = set(lora.layers_to_transform)
+    keep = set(layers)
     picked = [q for q in names if (m := re.search(r"\.layers\.(\d+)\.", q)) and int(m.group(1)) in keep]
     if not picked:
         n = len(decoder_layers(model) or [])
