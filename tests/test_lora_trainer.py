@@ -372,3 +372,26 @@ def test_layers_that_do_not_exist_are_a_config_error_before_the_model_is_touched
 def test_precision_auto_uses_bf16_only_where_the_cpu_has_it(monkeypatch, precision, native_bf16, want) -> None:
     monkeypatch.setattr(lt, "cpu_has_native_bf16", lambda: native_bf16)
     assert lt.resolve_precision(precision, "cpu") == want
+
+
+@pytest.mark.parametrize(
+    ("latest", "confirm", "stops", "kept"),
+    [
+        ({0: True, 1: True}, True, False, 2),  # two of four examples seen: keep going
+        ({0: True, 1: True, 2: False, 3: True}, True, False, 4),  # one still wrong at its latest check
+        ({0: True, 1: True, 2: True, 3: True}, True, True, 4),  # all right: stop mid-epoch
+        ({0: True, 1: True, 2: True, 3: True}, False, False, 0),  # the weights now fail: start over
+    ],
+    ids=["half-seen", "one-wrong", "all-right", "confirmation-fails"],
+)
+def test_stops_mid_epoch_once_every_examples_latest_check_passes(monkeypatch, latest, confirm, stops, kept) -> None:
+    from types import SimpleNamespace
+
+    module = LoRALightningModule(load_tiny().model, TrainConfig(), confirm_learned=lambda: confirm)
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(train_set=[{}] * 4), should_stop=False, global_step=5)
+    monkeypatch.setattr(LoRALightningModule, "trainer", property(lambda self: trainer))
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    module._latest = dict(latest)
+    module.on_train_batch_end(None, {"index": torch.tensor([0])}, 0)
+    assert trainer.should_stop is stops
+    assert len(module._latest) == kept

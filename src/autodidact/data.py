@@ -140,6 +140,8 @@ def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         labels[i, :k] = torch.tensor(b["labels"])
         mask[i, :k] = 1
     out = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    if "index" in batch[0]:
+        out["index"] = torch.tensor([b["index"] for b in batch])  # (B,) which examples these are
     if "hidden" in batch[0]:
         h0 = batch[0]["hidden"]
         hidden = torch.zeros((len(batch), n, h0.shape[-1]), dtype=h0.dtype)  # (B, T, C)
@@ -183,7 +185,8 @@ class QADataModule(L.LightningDataModule):
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def _encode(self, pairs: list[QAPair]) -> list[dict]:
-        examples = [encode_pair(self.tokenizer, p, self.max_length, self.mask_prompt) for p in pairs]
+        examples = [encode_pair(self.tokenizer, p, self.max_length, self.mask_prompt) | {"index": i}
+                    for i, p in enumerate(pairs)]
         if self.prepare_examples is not None and examples:
             self.prepare_examples(examples)
         return examples

@@ -13,9 +13,10 @@ Two choices that matter for time-to-skill on a CPU:
   is computed once per example and cached, and each step runs forward *and* backward only from
   the lowest adapter up (``TrainConfig.cache_frozen_layers``; Llama/Qwen-shaped models).
 * Training stops as soon as the skill is learned instead of after a fixed number of epochs:
-  when, over a whole epoch, every answer token is the argmax given the gold prefix — which is
-  exactly "greedy decoding reproduces every training answer, end-of-turn included" — or the loss
-  falls under a floor. ``max_steps`` is only the budget.
+  when every example's latest check had every answer token as the argmax given the gold prefix —
+  which is exactly "greedy decoding reproduces every training answer, end-of-turn included" — and
+  a pass over the weights as they are then confirms it (that pass is also the final evaluation),
+  or when an epoch's loss falls under a floor. ``max_steps`` is only the budget.
 """
 
 from __future__ import annotations
@@ -305,18 +306,46 @@ class LoRALightningModule(L.LightningModule):
         self.prefix = metric_prefix  # e.g. "skills/<name>/": one loss curve per skill in one W&B run
         # Config only: the network is passed in, never pickled into hparams.
         self.save_hyperparameters({k: v for k, v in asdict(cfg).items()})
+        self._latest: dict[int, bool] = {}  # example index -> exact at its most recent training step
         self._epoch_exact: list[torch.Tensor] = []
         self._epoch_loss: list[float] = []
         self.losses: list[float] = []
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, correct, exact = answer_loss(self.model, batch, self.start_layer)
+        if "index" in batch:  # each example's latest verdict, for the mid-epoch stop check
+            self._latest.update(zip(batch["index"].tolist(), exact.tolist(), strict=True))
         self._epoch_exact.append(exact.detach())
         self._epoch_loss.append(loss.item())
         self.losses.append(loss.item())
         self.log(self.prefix + "train/loss", loss, prog_bar=True, on_step=True, batch_size=len(exact))
         self.log(self.prefix + "train/token_acc", correct.float().mean(), prog_bar=True, on_step=True, batch_size=len(exact))
         return loss
+
+    def _confirmed(self) -> bool:
+        """Check the current weights (in fp32) when a confirmation callback was given; else trust the batches."""
+        if self.confirm_learned is None:
+            return True
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            ok = bool(self.confirm_learned())
+        self.confirmed_at_step = self.global_step
+        self.log(self.prefix + "train/confirmed", float(ok))
+        return ok
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # Stop mid-epoch as soon as every example's latest check (each taken before its own update)
+        # reproduced its answer, and the weights as they are now pass the confirmation: on average
+        # half an epoch sooner than waiting for the epoch's end.
+        cfg, dm = self.cfg, getattr(self.trainer, "datamodule", None)
+        n = len(getattr(dm, "train_set", None) or [])
+        if not (cfg.stop_when_learned and n and "index" in batch) or self.global_step < cfg.min_steps:
+            return
+        if len(self._latest) == n and all(self._latest.values()):
+            if self._confirmed():
+                log.info("skill learned after %d steps (every answer reproduced)", self.global_step)
+                self.trainer.should_stop = True
+            else:
+                self._latest.clear()  # the last updates broke something: every example must pass again
 
     def on_train_epoch_end(self) -> None:
         exact = torch.cat(self._epoch_exact).float().mean().item() if self._epoch_exact else 0.0
@@ -326,14 +355,10 @@ class LoRALightningModule(L.LightningModule):
         self._epoch_exact.clear()
         self._epoch_loss.clear()
         cfg = self.cfg
-        if self.global_step < cfg.min_steps:
+        if self.global_step < cfg.min_steps or self.trainer.should_stop:
             return
-        reproduced = cfg.stop_when_learned and exact >= 1.0
-        if reproduced and self.confirm_learned is not None:
-            with torch.autocast(device_type=self.device.type, enabled=False):
-                reproduced = bool(self.confirm_learned())
-            self.confirmed_at_step = self.global_step
-            self.log(self.prefix + "train/confirmed", float(reproduced))
+        # Batches without example indices: the whole epoch must have been reproduced.
+        reproduced = cfg.stop_when_learned and not self._latest and exact >= 1.0 and self._confirmed()
         if reproduced or (cfg.loss_floor > 0 and loss < cfg.loss_floor):
             log.info("skill learned after %d steps (epoch exact match %.2f, loss %.4f)", self.global_step, exact, loss)
             self.trainer.should_stop = True
