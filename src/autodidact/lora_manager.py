@@ -276,6 +276,18 @@ class LoRAManager:
             finally:
                 set_adapter(self.model, None)
 
+    def attach_for_batch(self, names: list[str | None]) -> list[str | None]:
+        """Attach every adapter a batch needs at once (call under ``lock``); returns the adapter per row.
+
+        ``BASE_SKILL`` and skills removed since routing become None (the base model answers them, as
+        ``use`` does). More distinct skills than ``max_loaded`` would evict each other mid-batch: refused.
+        """
+        distinct = {n for n in names if n not in (None, BASE_SKILL)}
+        if len(distinct) > self.max_loaded:
+            raise ValueError(f"a batch needs {len(distinct)} adapters but at most {self.max_loaded} fit at once")
+        usable = {n for n in distinct if self._usable(n)}
+        return [n if n in usable else None for n in names]
+
     def generate(self, name: str | None, question: str, max_new_tokens: int = 48) -> str:
         with self.use(name) as model:
             return generate_answer(model, self.bundle.tokenizer, question, max_new_tokens=max_new_tokens)
