@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from autodidact.errors import ConfigError
 from autodidact.teachers.distiller import CloudDistiller, DistillConfig
+from autodidact.teachers.errors import register_secrets
 from autodidact.teachers.failover import FailoverChain, FailoverPolicy
 from autodidact.teachers.offline import OFFLINE_LABEL, OfflineProvider
 from autodidact.teachers.providers import AnthropicProvider, OpenAIProvider
@@ -172,6 +173,7 @@ def build_teacher(
     ``chain_kwargs`` (``sleep``, ``clock``, ``rng``) exist for tests.
     """
     tc = TeacherConfig.from_cfg(cfg)
+    register_secrets(*secrets_of(tc))  # every key in the config, used by this chain or not
     transcript = Transcript(transcript_path, secrets_of(tc)) if transcript_path is not None else None
     kind = tc.kind
     if kind == "offline":

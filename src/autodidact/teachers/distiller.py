@@ -33,7 +33,7 @@ import torch
 from autodidact.data import QAPair
 from autodidact.errors import ConfigError
 from autodidact.evaluation import answer_is_correct
-from autodidact.teachers.errors import BadReply
+from autodidact.teachers.errors import BadReply, excerpt
 from autodidact.teachers.failover import FailoverChain
 from autodidact.teachers.providers import Completion
 
@@ -221,7 +221,7 @@ def parse_reply(completion: Completion) -> list:
         if seen_json is None:
             seen_json = value
     if seen_json is None:
-        raise BadReply(f"reply is not JSON: {text[:120]!r}", provider=completion.provider)
+        raise BadReply(f"reply is not JSON: {excerpt(text, 120)!r}", provider=completion.provider)
     raise BadReply(
         f'reply is JSON but not {{"pairs": [...]}} (got {type(seen_json).__name__} '
         f"with keys {sorted(seen_json)[:5] if isinstance(seen_json, dict) else '-'})",

@@ -7,7 +7,40 @@ provider again can help; everything that is not retryable fails over at once.
 
 from __future__ import annotations
 
+import threading
+
 from autodidact.errors import AutodidactError
+
+# Every API key a provider of this process was built with. A reply can quote the key it was sent (a
+# gateway's 401, a proxy's HTML page, a model repeating its headers) and our messages quote replies,
+# so every TeacherError is scrubbed of all of them where it is built: from there a message reaches
+# logs, records, the queue's job errors and W&B, and no later step has to remember to scrub.
+_SECRETS: set[str] = set()
+_SECRETS_LOCK = threading.Lock()
+MIN_SECRET_CHARS = 8
+"""Shorter strings are not treated as secrets: scrubbing them would mangle ordinary words."""
+
+
+def register_secrets(*secrets: str | None) -> None:
+    """Remember keys to scrub from every teacher error message built from now on."""
+    with _SECRETS_LOCK:
+        _SECRETS.update(s for s in secrets if isinstance(s, str) and len(s) >= MIN_SECRET_CHARS)
+
+
+def scrub(text: str) -> str:
+    """``text`` with every registered secret replaced by ``***``."""
+    with _SECRETS_LOCK:
+        secrets = sorted(_SECRETS, key=len, reverse=True)  # a key containing another goes first
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def excerpt(text: str, limit: int = 300) -> str:
+    """A one-line quote of a reply for an error message: scrubbed *before* it is cut, so a key that
+    straddles the cut cannot leave its first characters behind."""
+    text = " ".join(scrub(str(text)).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class TeacherError(AutodidactError):
@@ -16,7 +49,7 @@ class TeacherError(AutodidactError):
     retryable: bool = False
 
     def __init__(self, message: str, *, provider: str = "teacher") -> None:
-        super().__init__(message)
+        super().__init__(scrub(message))
         self.provider = provider
 
     def __str__(self) -> str:

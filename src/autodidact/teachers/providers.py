@@ -32,6 +32,9 @@ from autodidact.teachers.errors import (
     TeacherError,
     TeacherTimeout,
     Unavailable,
+    excerpt,
+    register_secrets,
+    scrub,
 )
 
 log = logging.getLogger(__name__)
@@ -78,12 +81,21 @@ def _retry_after(headers) -> float | None:
     return None
 
 
-def map_sdk_error(exc: Exception, provider: str, key_hint: str, secret: str | None = None) -> TeacherError:
+def _scrub_sdk_exception(exc: BaseException) -> None:
+    """Scrub the SDK exception itself: it stays our error's ``__cause__``, and a traceback prints it."""
+    exc.args = tuple(scrub(a) if isinstance(a, str) else a for a in exc.args)
+    if isinstance(getattr(exc, "message", None), str):
+        exc.message = scrub(exc.message)
+
+
+def map_sdk_error(exc: Exception, provider: str, key_hint: str) -> TeacherError:
     """Translate an ``openai``/``anthropic`` exception into our family.
 
     Both SDKs share the same shape (``APITimeoutError`` < ``APIConnectionError``, ``APIStatusError``
     with ``status_code``), so one mapping serves both; the status code decides, not the class name.
+    Every quote of the server's words goes through ``excerpt``, which scrubs the keys before cutting.
     """
+    _scrub_sdk_exception(exc)
     timeout_types = (openai.APITimeoutError, anthropic.APITimeoutError)
     connection_types = (openai.APIConnectionError, anthropic.APIConnectionError)
     status_types = (openai.APIStatusError, anthropic.APIStatusError)
@@ -96,10 +108,7 @@ def map_sdk_error(exc: Exception, provider: str, key_hint: str, secret: str | No
         return BadReply(f"reply did not match the API schema: {exc}", provider=provider)
     if isinstance(exc, status_types):
         code = exc.status_code
-        raw = str(getattr(exc, "message", str(exc)))
-        if secret:  # some gateways echo the refused key; scrubbed before any cut, so no part of it is left
-            raw = raw.replace(secret, "***")
-        detail = _short(raw)
+        detail = excerpt(str(getattr(exc, "message", str(exc))))  # some gateways echo the refused key
         if code in (401, 403):
             return AuthFailed(
                 f"HTTP {code}: the API key was rejected. Check {key_hint} (and the endpoint "
@@ -119,12 +128,7 @@ def map_sdk_error(exc: Exception, provider: str, key_hint: str, secret: str | No
             f"HTTP {code}: the request was refused (check teacher.{provider}.model and base_url): {detail}",
             provider=provider,
         )
-    return BadReply(f"unexpected {type(exc).__name__}: {_short(str(exc))}", provider=provider)
-
-
-def _short(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return BadReply(f"unexpected {type(exc).__name__}: {excerpt(str(exc))}", provider=provider)
 
 
 class _SDKProvider:
@@ -150,7 +154,7 @@ class _SDKProvider:
         self.timeout = float(timeout)
         self.max_tokens = int(max_tokens)
         self.structured_output = bool(structured_output)
-        self._secret = api_key  # only to scrub it from error messages; never shown
+        register_secrets(api_key)  # scrubbed from every teacher error message from now on
         self._client = self._make_client(api_key)
 
     def _make_client(self, api_key: str):  # pragma: no cover - overridden
@@ -172,7 +176,7 @@ class _SDKProvider:
             try:
                 text, model, usage = self._request(system, user, timeout, structured)
             except Exception as exc:
-                err = exc if isinstance(exc, TeacherError) else map_sdk_error(exc, self.name, self._key_hint, self._secret)
+                err = exc if isinstance(exc, TeacherError) else map_sdk_error(exc, self.name, self._key_hint)
                 if structured is None or not isinstance(err, Rejected):
                     raise
                 # An OpenAI-compatible server without structured output: say so once, then plain text.
@@ -184,7 +188,7 @@ class _SDKProvider:
         except TeacherError:
             raise
         except Exception as exc:  # every SDK/transport failure becomes one of ours
-            raise map_sdk_error(exc, self.name, self._key_hint, self._secret) from exc
+            raise map_sdk_error(exc, self.name, self._key_hint) from exc
         return Completion(text, self.name, model, time.monotonic() - start, usage)
 
     @property
@@ -225,7 +229,7 @@ class OpenAIProvider(_SDKProvider):
             **extra,
         )
         if not getattr(resp, "choices", None):
-            raise BadReply(f"reply has no choices: {_short(repr(resp))}", provider=self.name)
+            raise BadReply(f"reply has no choices: {excerpt(repr(resp))}", provider=self.name)
         text = resp.choices[0].message.content
         if not isinstance(text, str) or not text.strip():
             raise BadReply("reply has no text content", provider=self.name)
@@ -264,7 +268,7 @@ class AnthropicProvider(_SDKProvider):
         )
         blocks = getattr(resp, "content", None)
         if not isinstance(blocks, list):
-            raise BadReply(f"reply has no content blocks: {_short(repr(resp))}", provider=self.name)
+            raise BadReply(f"reply has no content blocks: {excerpt(repr(resp))}", provider=self.name)
         calls = [b for b in blocks if getattr(b, "type", None) == "tool_use"]
         if calls:
             text = json.dumps(getattr(calls[0], "input", None), ensure_ascii=False)
