@@ -5,6 +5,7 @@ A thin Hydra wrapper; the logic lives in plain functions that take already-built
     python evolve.py query="Who was Brindlemark's first mayor, and when?"
     python evolve.py queries=questions.txt router.threshold=0.35
     python evolve.py stage=distill query="..."        # only ask the teacher; write pairs.jsonl
+    python evolve.py stage=serve server.port=8000      # OpenAI-compatible endpoint that learns while serving
     python evolve.py -m router.threshold=0.3,0.4,0.5  # a Hydra multirun sweep
 """
 
@@ -37,12 +38,17 @@ def main(cfg: DictConfig) -> None:
         if cfg.stage == "distill":
             run_distill_stage(cfg, run_dir)
             return
+        if cfg.stage == "serve":
+            from autodidact.serve.run import run_serve  # FastAPI/uvicorn load only for serve mode
+
+            run_serve(cfg, run_dir)
+            return
         if cfg.stage == "loop":
             records = run_evolve(cfg, run_dir)
             if any("error" in r for r in records):
                 sys.exit(1)  # every record was still printed and saved; the exit code tells scripts
             return
-        print(f"error: unknown stage={cfg.stage}; use stage=loop (default) or stage=distill", file=sys.stderr)
+        print(f"error: unknown stage={cfg.stage}; use stage=loop (default), stage=distill or stage=serve", file=sys.stderr)
         sys.exit(2)
     except AutodidactError as exc:
         print(f"error: {exc}", file=sys.stderr)

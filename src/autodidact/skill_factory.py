@@ -349,6 +349,8 @@ class SkillFactory:
                         "facts": [f.to_dict() for f in facts],
                         "pairs": [p.to_dict() for p in pairs],
                         "teacher": {"provider": outcome.provider},
+                        # The per-step training loss, so a card can show how it was learned (serve's page).
+                        "loss_curve": [round(x, 4) for x in result.losses],
                     }
                     # Verify what ships: the adapter cast to the card's dtype and read back from its bytes.
                     trainer.export(staged, adapter, name, result, extra=meta, dtype=self.config.card_dtype)

@@ -42,6 +42,8 @@ class Row:
     max_new_tokens: int
     on_text: Callable[[str], None] | None = None
     """Called from the decoder thread with each new piece of answer text (streaming)."""
+    on_done: Callable[[], None] | None = None
+    """Called once the row is finished, whatever the reason (wakes an async request handler)."""
     cancelled: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     tokens: list[int] = field(default_factory=list)
@@ -63,6 +65,18 @@ class Row:
 
     def cancel(self) -> None:
         self.cancelled.set()
+
+    def mark_done(self, finish: str | None = None, error: str | None = None) -> None:
+        """Finish the row (once) and wake whoever waits for it."""
+        if self.done.is_set():
+            return
+        if finish is not None:
+            self.finish = finish
+        if error is not None:
+            self.error = error
+        self.done.set()
+        if self.on_done is not None:
+            self.on_done()
 
 
 class RowAdapters:
@@ -204,4 +218,4 @@ def _finish(row: Row, why: str, tokenizer, on_finish: Callable[[Row], None] | No
         _emit(row, tokenizer, final=True)
     if on_finish is not None:
         on_finish(row)
-    row.done.set()
+    row.mark_done()
