@@ -48,23 +48,27 @@ def cloud(server: TeacherServer, kind: str) -> tuple[str, ...]:
             f"teacher.anthropic.base_url={server.anthropic_base_url}")
 
 
-def right(answer: str, fact) -> bool:
-    """Correct by the reference or by any of the teacher's answers for the fact (all state it: "412 degrees
-    Celsius." is right for "Velmorite melts at 412 degrees Celsius.")."""
-    return any(answer_is_correct(answer, a) for a in {fact.answer, *(p["answer"] for p in fact.pairs + fact.heldout)})
+def right(answer: str, fact, must: tuple[str, ...]) -> bool:
+    """Correct by the reference, or terse but naming what the question asks for (``must``: "412 degrees
+    Celsius." is right for "Velmorite melts at 412 degrees Celsius."). Not "any teacher answer": those
+    answer other questions about the fact ("The Quillon loom." answers "What did Tamsin Orrelby invent?",
+    and a base model's made-up inventor of the Quillon loom would pass on it)."""
+    folded = answer.casefold()
+    return answer_is_correct(answer, fact.answer) or all(m.casefold() in folded for m in must)
 
 
 KEYS = {"OPENAI_API_KEY": "sk-test-openai-e2e", "ANTHROPIC_API_KEY": "sk-ant-test-e2e"}
 CASES = [
-    # provider, hard question, an unseen people-typed rephrasing (in no pair the pack serves)
-    ("openai", "Who invented the Quillon loom?", "quilon loom inventor?"),
-    ("anthropic", "At what temperature does velmorite melt?", "velmorite melting temp??"),
+    # provider, hard question, an unseen people-typed rephrasing (in no pair the pack serves), what a
+    # right answer must name
+    ("openai", "Who invented the Quillon loom?", "quilon loom inventor?", ("Orrelby",)),
+    ("anthropic", "At what temperature does velmorite melt?", "velmorite melting temp??", ("412",)),
 ]
 
 
-@pytest.mark.parametrize(("kind", "question", "rephrasing"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("kind", "question", "rephrasing", "must"), CASES, ids=[c[0] for c in CASES])
 def test_sloppy_teacher_teaches_and_an_unseen_rephrasing_needs_no_new_learning(tmp_path, kind, question,
-                                                                               rephrasing):
+                                                                               rephrasing, must):
     fact = next(f for f in load_pack() if f.question == question)
     assert rephrasing not in {p["question"] for p in fact.pairs + fact.heldout}
     skills = tmp_path / "skills"
@@ -77,11 +81,11 @@ def test_sloppy_teacher_teaches_and_an_unseen_rephrasing_needs_no_new_learning(t
         assert len(server.requests) == len(requests), ("the second process asked the teacher again", second)
     assert first["learned"] is True and first["verified"] is True, first.get("reason")
     assert first["job"]["provider"] == kind
-    assert not right(first["answer_before"], fact)
-    assert right(first["answer"], fact), first["answer"]
+    assert not right(first["answer_before"], fact, must)
+    assert right(first["answer"], fact, must), first["answer"]
     assert second["learned"] is False and "job" not in second and second["skill"] == first["skill"]
     assert second["confidence_before"] >= 0.4
-    assert right(second["answer"], fact), second["answer"]
+    assert right(second["answer"], fact, must), second["answer"]
     assert [s for (s,) in jobs(skills)] == ["done"]
 
 
