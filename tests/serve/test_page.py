@@ -19,6 +19,7 @@ import pytest
 from tests.serve.server_proc import ROOT
 
 ARTIFACTS = ROOT / "outputs" / "test-artifacts"
+pytestmark = pytest.mark.slow  # a served model and its learner process: ~20 s to start on 2 cores
 
 
 def chromium() -> str | None:

@@ -22,6 +22,7 @@ QUESTION = "Who was Brindlemark's first mayor, and when?"
 # Typed the way people type: lower case, "1st"; not one of the teacher's pairs (checked below).
 REPHRASING = "who was the 1st mayor of brindlemark?"
 THRESHOLD = 0.4
+pytestmark = pytest.mark.slow  # a served model and its learner process: ~20 s to start on 2 cores
 
 
 def fact():
@@ -219,3 +220,13 @@ def test_a_stream_cancelled_midway_frees_its_slot(server):
     r = httpx.post(f"{server.url}/v1/chat/completions", timeout=60,
                    json={"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 4})
     assert r.status_code == 200  # and the next request is served
+
+
+def test_the_api_key_is_in_no_file_the_server_or_its_learner_wrote(learned, server, teacher):
+    from tests.serve.conftest import KEY
+
+    assert any(r.headers.get("authorization") == f"Bearer {KEY}" for r in teacher.requests), "the key was not used"
+    files = [p for p in server.tmp.rglob("*") if p.is_file()]
+    assert any(p.name == "config.yaml" and p.parent.name == "learner" for p in files)
+    leaked = [str(p) for p in files if KEY.encode() in p.read_bytes()]
+    assert not leaked, leaked
