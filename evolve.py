@@ -26,16 +26,20 @@ from omegaconf import DictConfig  # noqa: E402
 
 from autodidact.cli import rewrite_argv  # noqa: E402
 from autodidact.errors import AutodidactError  # noqa: E402
-from autodidact.evolve_loop import run_evolve  # noqa: E402
-from autodidact.teachers.stage import run_distill_stage  # noqa: E402
+from autodidact.settings import check_evolve_config  # noqa: E402
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    quiet.configure(verbose=bool(cfg.get("verbose", False)))
     run_dir = HydraConfig.get().runtime.output_dir
     try:
+        # Every section first: torch, transformers, Lightning and the SDKs (~11 s of imports, quiet's
+        # included) load only for a config that is right, so a typo is reported in about a second.
+        settings = check_evolve_config(cfg)
+        quiet.configure(verbose=settings.run.verbose)
         if cfg.stage == "distill":
+            from autodidact.teachers.stage import run_distill_stage
+
             run_distill_stage(cfg, run_dir)
             return
         if cfg.stage == "serve":
@@ -44,6 +48,8 @@ def main(cfg: DictConfig) -> None:
             run_serve(cfg, run_dir)
             return
         if cfg.stage == "loop":
+            from autodidact.evolve_loop import run_evolve
+
             records = run_evolve(cfg, run_dir)
             if any("error" in r for r in records):
                 sys.exit(1)  # every record was still printed and saved; the exit code tells scripts

@@ -19,15 +19,19 @@ from omegaconf import DictConfig  # noqa: E402
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    quiet.configure(verbose=bool(cfg.get("verbose", False)))
     from pathlib import Path
 
     from hydra.core.hydra_config import HydraConfig
 
     from autodidact.errors import AutodidactError
-    from autodidact.train_skill import train
+    from autodidact.settings import check_train_config
 
     try:
+        # Every section before torch/Lightning load (quiet.configure imports them): a typo costs a second.
+        settings = check_train_config(cfg)
+        quiet.configure(verbose=settings.run.verbose)
+        from autodidact.train_skill import train
+
         summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))
     except AutodidactError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -3,8 +3,7 @@
 A case passes when ``evolve.py`` exits 1 with exactly one ``error: ...`` message on stderr that names
 each bad setting and says what to do, and no traceback. Covered: router thresholds outside (0, 1), an
 unknown key in every config section, a value of the wrong type in every section, a model folder that
-does not exist, a damaged ``queue.sqlite3``. Cases that fail today because of code outside this
-test's reach are strict xfails naming the fix (see /work/notes/reliability-2.md, "For the lead").
+does not exist (or is not given), a damaged ``queue.sqlite3``.
 
 Also here: a teacher reply that tells the model to ignore its instructions is data, kept as a pair.
 
@@ -37,54 +36,50 @@ class Case:
     args: list[str]
     says: list[str]
     """What the one error message must contain: the setting and what to do."""
-    fix: str | None = None
-    """Why it fails today (a strict xfail), and where the fix belongs."""
     hydra: bool = False
     """Hydra itself refuses it before evolve.py runs (its own message format)."""
     prepare: str | None = None
     base: list[str] = field(default_factory=lambda: list(BASE))
 
 
-MODEL_SECTION = "model: evolve_loop/train_skill read cfg.model with .get(); no typed ModelConfig refuses unknown or mistyped keys"
-LOGGER_SECTION = "logger: tracking.instantiate_logger passes cfg.logger to Hydra unchecked"
-TOP_LEVEL = "top level: no check of evolve.py's own keys (learn, seed, ...) or of +unknown ones"
-TEACHER_TYPES = "teacher: TeacherConfig.from_cfg does not type-check nested sections (policy, distill, openai...)"
-ROUTER_TYPES = "router: RouterConfig.from_mapping reports a comparison error without naming the key"
-
-# Sections checked together by build_autodidact report every problem in one error, so one run covers
-# them all; a section that cannot (a TypeError escapes it) gets its own run, an xfail naming the fix.
+# Every section is checked by one validator (settings.check_evolve_config) before anything heavy loads,
+# so one run reports the problems of every section at once, each naming its setting.
 CASES: dict[str, Case] = {
     # thresholds outside (0, 1)
-    "router.threshold=0": Case(["router.threshold=0"], ["threshold=0 must be in (0, 1)", "conf/router"]),
+    "router.threshold=0": Case(["router.threshold=0"], ["router.threshold=0.0 must be in (0, 1)", "conf/router"]),
     "router.threshold=1.5,answer_threshold=-1": Case(
         ["router.threshold=1.5", "router.answer_threshold=-1"],
-        ["threshold=1.5 must be in (0, 1)", "answer_threshold=-1 must be in [0, 1)", "conf/router"]),
+        ["router.threshold=1.5 must be in (0, 1)", "router.answer_threshold=-1.0 must be in [0, 1)", "conf/router"]),
     # an unknown key in every section
-    "unknown:lora,trainer,teacher,router,factory,manager": Case(
+    "unknown:every-section": Case(
         ["+lora.bogus=1", "+trainer.bogus=1", "+teacher.bogus=1", "+teacher.policy.bogus=1", "+router.bogus=1",
-         "+factory.bogus=1", "+manager.bogus=1"],
+         "+factory.bogus=1", "+manager.bogus=1", "+queue.bogus=1", "+model.bogus=1", "+bogus=1"],
         ["lora.bogus is not a setting (known: alpha", "trainer.bogus is not a setting (known: accelerator",
-         "unknown key teacher.bogus", "unknown key teacher.policy.bogus", "Unknown router setting(s) ['bogus']",
-         "factory.bogus is not a setting (known: card_dtype", "manager.bogus is not a setting (known: max_loaded"]),
-    "unknown:queue": Case(["+queue.bogus=1"], ["queue.bogus"]),
+         "teacher.bogus is not a setting (known: anthropic", "teacher.policy.bogus is not a setting (known: backoff",
+         "router.bogus is not a setting (known: answer_threshold", "factory.bogus is not a setting (known: card_dtype",
+         "manager.bogus is not a setting (known: max_loaded", "queue.bogus is not a setting (known: backoff",
+         "model.bogus is not a setting (known: cache_dir", "\n  - bogus is not a setting (known: learn",
+         "conf/config.yaml", "conf/model/*.yaml"]),
     "unknown:typo-without-plus": Case(["trainer.lrr=1"], ["Could not override 'trainer.lrr'", "Key 'lrr' is not in struct"],
                                       hydra=True),
     # a value of the wrong type in every section
-    "type:lora,trainer,factory,manager,queue": Case(
-        ["lora.r=abc", "trainer.lr=abc", "factory.verify_rounds=abc", "manager.max_loaded=abc", "queue.max_attempts=abc"],
+    "type:every-section": Case(
+        ["lora.r=abc", "trainer.lr=abc", "factory.verify_rounds=abc", "manager.max_loaded=abc", "queue.max_attempts=abc",
+         "teacher.policy.max_attempts=abc", "router.threshold=abc", "model.threads=abc", "learn=abc"],
         ["lora.r='abc' should be int", "trainer.lr='abc' should be float", "factory.verify_rounds='abc' should be int",
-         "manager.max_loaded='abc' should be int", "queue.max_attempts='abc' should be int"]),
-    "type:teacher": Case(["teacher.policy.max_attempts=abc"], ["teacher.policy.max_attempts"], fix=TEACHER_TYPES),
-    "type:router": Case(["router.threshold=abc"], ["router.threshold"], fix=ROUTER_TYPES),
-    # both, in the sections with no typed config yet
-    "unknown+type:model": Case(["+model.bogus=1", "model.threads=abc"], ["model.bogus", "model.threads"],
-                               fix=MODEL_SECTION),
-    "unknown+type:logger": Case(["logger=wandb", "+logger.bogus=1", "logger.offline=abc"],
-                                ["logger.bogus", "logger.offline"], fix=LOGGER_SECTION),
-    "unknown+type:top-level": Case(["+bogus=1", "learn=abc"], ["bogus", "learn"], fix=TOP_LEVEL),
+         "manager.max_loaded='abc' should be int", "queue.max_attempts='abc' should be int",
+         "teacher.policy.max_attempts='abc' should be int", "router.threshold='abc' should be float",
+         "model.threads='abc' should be int or null", "learn='abc' should be bool"]),
+    # the logger section, checked by the class it names
+    "unknown+type:logger=wandb": Case(["logger=wandb", "+logger.bogus=1", "logger.offline=abc"],
+                                      ["logger.bogus is not a setting (known: anonymous", "logger.offline='abc' should be bool",
+                                       "conf/logger"]),
+    "unknown:logger=csv": Case(["logger=csv", "+logger.bogus=1"], ["logger.bogus is not a setting (known: flush_logs"]),
     # missing model, damaged queue
     "missing-model-dir": Case(["model=hf", "model.path=/nope"], ["/nope", "check model.path"],
                               base=[a for a in BASE if not a.startswith("model")]),
+    "model=hf-without-path": Case(["model=hf"], ["model.path must be set"],
+                                  base=[a for a in BASE if not a.startswith("model")]),
     "corrupt-queue": Case([], ["queue.sqlite3 is damaged", f"mv {{skills}}/{QUEUE_FILENAME} {{skills}}/{QUEUE_FILENAME}.broken"],
                           prepare="corrupt-queue"),
 }
@@ -123,14 +118,8 @@ def results(request, tmp_path_factory) -> dict[str, tuple[Result, Path]]:
     return out
 
 
-def params():
-    for name, case in CASES.items():
-        marks = [pytest.mark.xfail(strict=True, reason=case.fix)] if case.fix else []
-        yield pytest.param(name, marks=marks, id=name)
-
-
-@pytest.mark.slow  # 13 evolve.py runs
-@pytest.mark.parametrize("name", params())
+@pytest.mark.slow  # 9 evolve.py runs
+@pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_clear_error(results, name):
     case = CASES[name]
     res, skills = results[name]

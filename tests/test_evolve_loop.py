@@ -237,7 +237,7 @@ def test_evolve_logs_to_wandb_offline_without_an_account(tmp_path):
 @pytest.mark.parametrize(
     ("args", "messages"),
     [
-        (["router.threshold=2", "trainer.lr=-1"], ["threshold=2 must be in (0, 1)", "trainer.lr must be > 0"]),
+        (["router.threshold=2", "trainer.lr=-1"], ["router.threshold=2.0 must be in (0, 1)", "trainer.lr must be > 0"]),
         (["lora.target_modules=[foo]"], ["lora.target_modules", "this model has: ", "q_proj"]),
         (["skills_dir=/proc/autodidact-nope"], ["cannot use skills_dir=/proc/autodidact-nope"]),
         (["query="], ["the question is empty"]),

@@ -97,8 +97,11 @@ def test_hydra_records_the_run_config(run: Run) -> None:
         (["data.path={tmp}/missing.jsonl"], ["error: QA file {tmp}/missing.jsonl does not exist"]),
         (["trainer.lr=-1", "trainer.batch_size=0"],
          ["error: invalid trainer config", "trainer.lr must be > 0", "trainer.batch_size must be >= 1"]),
+        (["+bogus=1", "card.dtype=int8", "model.threads=abc", "data.val_fraction=1.5"],
+         ["error: invalid config", "bogus is not a setting (known: card", "card.dtype='int8' must be one of",
+          "model.threads='abc' should be int or null", "data.val_fraction=1.5 must be in [0, 1)"]),
     ],
-    ids=["missing-data", "bad-trainer-lists-every-problem"],
+    ids=["missing-data", "bad-trainer-lists-every-problem", "every-section-before-loading"],
 )
 def test_errors_exit_nonzero_with_a_clear_message(tmp_path: Path, overrides: list[str], needles: list[str]) -> None:
     proc = run_train(f"hydra.run.dir={tmp_path / 'run'}", *(o.format(tmp=tmp_path) for o in overrides))

@@ -10,4 +10,12 @@ class AutodidactError(Exception):
 
 
 class ConfigError(AutodidactError):
-    """A configuration value is missing or invalid."""
+    """A configuration value is missing or invalid.
+
+    ``problems`` holds one line per bad setting, so errors from several sections can be merged into
+    the one message a run prints (``config.check_sections``).
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems) if problems else [message]

@@ -11,18 +11,21 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
-from autodidact.config import to_dataclass
 from autodidact.errors import AutodidactError, ConfigError
 from autodidact.fileio import append_jsonl
-from autodidact.inference.lora_router import DissonanceDetector, EmptyQueryError, LoRARouter, RouterConfig
-from autodidact.learning_queue import LearningQueue, QueuePolicy, topic_key
-from autodidact.lora_manager import BASE_SKILL, LoRAManager
-from autodidact.skill_factory import FactoryConfig, SkillFactory
+from autodidact.inference.lora_router import DissonanceDetector, EmptyQueryError, LoRARouter
+from autodidact.learning_queue import LearningQueue, topic_key
+from autodidact.lora_manager import BASE_SKILL
+from autodidact.settings import ManagerConfig, check_evolve_config  # noqa: F401 - ManagerConfig re-exported
+
+if TYPE_CHECKING:
+    from autodidact.lora_manager import LoRAManager
+    from autodidact.skill_factory import SkillFactory
 
 log = logging.getLogger(__name__)
 RESULTS_NAME = "results.jsonl"
@@ -155,17 +158,6 @@ class Autodidact:
 
 
 # -- building from config ----------------------------------------------------------------------------
-@dataclass
-class ManagerConfig:
-    """Config key ``manager``."""
-
-    max_loaded: int = 8
-    """Adapters kept attached to the model at once (least recently used detached first)."""
-
-    def problems(self) -> list[str]:
-        return [] if self.max_loaded >= 1 else [f"manager.max_loaded must be >= 1 (got {self.max_loaded})"]
-
-
 def resolve_skills_dir(value: str | None) -> Path:
     if value:
         return Path(value).expanduser()
@@ -196,60 +188,46 @@ def read_queries(cfg: DictConfig) -> tuple[list[str], bool]:
 def build_autodidact(cfg: DictConfig, run_dir: str | Path, banner: str | None = None) -> Autodidact:
     """Every part of the loop from the Hydra config, checked first (all problems in one error).
 
-    The caller closes ``bot.factory.queue`` and finishes ``bot.logger`` (``close_autodidact``).
+    The config is checked before the model, the teachers' SDKs or Lightning are imported, so a bad
+    setting costs a second, not a model load. The caller closes ``bot.factory.queue`` and finishes
+    ``bot.logger`` (``close_autodidact``).
     """
+    s = check_evolve_config(cfg)
     from autodidact.inference.encoder import get_encoder
     from autodidact.inference.lora_layer import find_targets
-    from autodidact.lora_trainer import LoRAConfig, TrainConfig
-    from autodidact.teachers import TRANSCRIPT_NAME, CloudDistiller, TeacherConfig, build_teacher
+    from autodidact.lora_manager import LoRAManager
+    from autodidact.skill_factory import SkillFactory
+    from autodidact.teachers import TRANSCRIPT_NAME, CloudDistiller, build_teacher
     from autodidact.train_skill import build_logger, load_bundle
 
     run_dir = Path(run_dir)
-    problems: list[str] = []
-
-    def section(build):
-        try:
-            return build()
-        except AutodidactError as e:
-            problems.append(str(e))
-            return None
-
-    router_cfg = section(lambda: RouterConfig.from_mapping(cfg.router))
-    lora = section(lambda: to_dataclass(LoRAConfig, cfg.lora, "lora"))
-    train = section(lambda: to_dataclass(TrainConfig, cfg.trainer, "trainer"))
-    fcfg = section(lambda: to_dataclass(FactoryConfig, cfg.factory, "factory"))
-    mcfg = section(lambda: to_dataclass(ManagerConfig, cfg.manager, "manager"))
-    qpolicy = section(lambda: to_dataclass(QueuePolicy, cfg.queue, "queue"))
-    tc = section(lambda: TeacherConfig.from_cfg(cfg.teacher))
-    if problems:
-        raise ConfigError("\n".join(problems))
-    skills_dir = resolve_skills_dir(cfg.get("skills_dir"))
+    skills_dir = resolve_skills_dir(s.run.skills_dir)
     if banner:
         print(f"{banner}; skills go to {skills_dir}", file=sys.stderr)
 
-    bundle = load_bundle(cfg.model)
-    find_targets(bundle.model, lora.target_modules)  # a wrong lora.target_modules fails now, not mid-learning
-    router = LoRARouter(router_cfg, get_encoder(router_cfg.encoder_path))
-    manager = LoRAManager(bundle, skills_dir, router, max_loaded=mcfg.max_loaded)
+    bundle = load_bundle(s.model)
+    find_targets(bundle.model, s.lora.target_modules)  # a wrong lora.target_modules fails now, not mid-learning
+    router = LoRARouter(s.router, get_encoder(s.router.encoder_path))
+    manager = LoRAManager(bundle, skills_dir, router, max_loaded=s.manager.max_loaded)
     changes = manager.scan()
     print(f"[autodidact] {len(manager.skills)} skills installed from {skills_dir}"
           + (f"; refused {len(changes['refused'])} invalid cards (see log)" if changes["refused"] else ""),
           file=sys.stderr)
-    queue = LearningQueue.in_skills_dir(skills_dir, policy=qpolicy)
+    queue = LearningQueue.in_skills_dir(skills_dir, policy=s.queue)
     logger = build_logger(cfg)
     factory = SkillFactory(
         queue,
-        CloudDistiller(build_teacher(tc, run_dir / TRANSCRIPT_NAME), tc.distill, encoder=router.encoder),
+        CloudDistiller(build_teacher(s.teacher, run_dir / TRANSCRIPT_NAME), s.teacher.distill, encoder=router.encoder),
         manager,
-        lora,
-        train,
-        fcfg,
+        s.lora,
+        s.trainer,
+        s.factory,
         work_dir=run_dir / "work",
         logger=logger,
     )
-    return Autodidact(manager, router, factory, threshold=router_cfg.threshold,
-                      answer_threshold=router_cfg.answer_threshold, learn=bool(cfg.learn),
-                      max_new_tokens=int(cfg.model.get("max_new_tokens", 48)), logger=logger)
+    return Autodidact(manager, router, factory, threshold=s.router.threshold,
+                      answer_threshold=s.router.answer_threshold, learn=s.run.learn,
+                      max_new_tokens=s.model.max_new_tokens, logger=logger)
 
 
 def close_autodidact(bot: Autodidact, records: list[dict] | None = None) -> None:

@@ -45,7 +45,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autodidact.errors import AutodidactError
+from autodidact.config import check_dataclass
+from autodidact.errors import AutodidactError, ConfigError
 
 QUEUE_FILENAME = "queue.sqlite3"
 STATES = ("pending", "running", "done", "dead")
@@ -56,6 +57,10 @@ DEFAULT_LEASE_S = 60.0
 
 class QueueError(AutodidactError):
     """The learning queue was used wrongly or its file is unusable."""
+
+
+class QueuePolicyError(QueueError, ConfigError):
+    """A ``queue`` setting is invalid (a config error, and the queue's own)."""
 
 
 class LeaseLost(QueueError):
@@ -204,8 +209,11 @@ class QueuePolicy:
     """Upper bound on the backoff delay."""
 
     def __post_init__(self) -> None:
-        # Checked here, not only by the config loader: a value of the wrong type (``queue.max_attempts=abc``
-        # on the command line) must give this error, never a TypeError from a comparison below.
+        # Checked here, not only by the config loader: a QueuePolicy built in code gets the same error,
+        # never a TypeError from a comparison below.
+        check_dataclass(self, "queue", QueuePolicyError)
+
+    def problems(self) -> list[str]:
         problems = []
         for name, kind in (("max_attempts", "a whole number"), ("backoff_base_s", "a number of seconds"),
                            ("backoff_max_s", "a number of seconds")):
@@ -218,9 +226,7 @@ class QueuePolicy:
                 problems.append(f"queue.max_attempts={self.max_attempts} must be >= 1")
             if self.backoff_base_s < 0 or self.backoff_max_s < 0:
                 problems.append("queue.backoff_base_s and queue.backoff_max_s must be >= 0")
-        if problems:
-            raise QueueError("Invalid queue policy: " + "; ".join(problems) + ". Fix queue.* in conf/config.yaml "
-                             "or on the command line.")
+        return problems
 
     def backoff(self, attempts: int) -> float:
         """Seconds to wait after the ``attempts``-th failed attempt."""

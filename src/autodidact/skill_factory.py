@@ -38,7 +38,8 @@ from autodidact.inference.lora_layer import delete_adapter, set_adapter
 from autodidact.inference.lora_router import build_routing
 from autodidact.learning_queue import Job, LearningEvent, LearningQueue, topic_key
 from autodidact.lora_manager import LoRAManager
-from autodidact.lora_trainer import LoRAConfig, LoRATrainer, TrainConfig
+from autodidact.lora_trainer import LoRATrainer
+from autodidact.settings import FactoryConfig, LoRAConfig, TrainConfig
 from autodidact.teachers import CloudDistiller, TeacherError
 from autodidact.teachers.distiller import normalize
 
@@ -60,37 +61,6 @@ def stage_reached(stage: str) -> None:
     log.warning("paused at stage %r (%s is set); waiting to be killed", stage, PAUSE_ENV)
     while True:
         time.sleep(3600)
-
-
-@dataclass
-class FactoryConfig:
-    """How the factory verifies and retries (config key ``factory``)."""
-
-    verify_rounds: int = 2
-    """Training rounds before a skill that fails verification is dead-lettered."""
-    min_heldout_fraction: float = 0.5
-    """Share of held-out paraphrases that must be answered correctly (the original question always must)."""
-    retrain_step_factor: float = 2.0
-    """Each extra round trains at least this many times the previous round's steps."""
-    lease_s: float = 60.0
-    """Lease on a claimed job, renewed by a heartbeat while the job is worked: a worker on another host
-    takes the job over this long after its holder stopped beating (on the same host, at once)."""
-    max_new_tokens: int = 48
-    """Generation budget when verifying answers."""
-    card_dtype: str = "float16"
-    """Storage dtype of exported cards."""
-
-    def problems(self) -> list[str]:
-        p = []
-        if self.verify_rounds < 1:
-            p.append(f"factory.verify_rounds must be >= 1 (got {self.verify_rounds})")
-        if not 0 <= self.min_heldout_fraction <= 1:
-            p.append(f"factory.min_heldout_fraction must be in [0, 1] (got {self.min_heldout_fraction})")
-        if self.retrain_step_factor < 1:
-            p.append(f"factory.retrain_step_factor must be >= 1 (got {self.retrain_step_factor})")
-        if self.lease_s <= 0:
-            p.append(f"factory.lease_s must be > 0 (got {self.lease_s})")
-        return p
 
 
 @dataclass

@@ -22,6 +22,9 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
+from autodidact.config import where_to_fix
+from autodidact.errors import ConfigError
+
 log = logging.getLogger(__name__)
 CARD_ARTIFACT_TYPE = "skill-card"
 
@@ -76,9 +79,16 @@ def instantiate_logger(cfg: DictConfig):
 
     if cfg.get("logger") is None:
         return None
-    factory = hydra.utils.instantiate(cfg.logger, _partial_=True)
-    if not str(cfg.logger.get("_target_", "")).endswith("WandbLogger"):
-        return factory()
+    target = str(cfg.logger.get("_target_", ""))
+    try:
+        # The W&B and CSV loggers' arguments were checked before anything loaded (settings.py); a
+        # logger class of the user's own is checked here, by building it.
+        factory = hydra.utils.instantiate(cfg.logger, _partial_=True)
+        if not target.endswith("WandbLogger"):
+            return factory()
+    except Exception as exc:  # noqa: BLE001 - Hydra wraps whatever the class raised
+        raise ConfigError(f"invalid logger config:\n  - logger: {target or 'no _target_'} could not be built: "
+                          f"{exc}\n{where_to_fix(['logger'])}") from None
     import wandb
 
     extra: dict[str, Any] = {"config": run_config(cfg)}

@@ -12,8 +12,9 @@ from omegaconf import DictConfig
 
 from autodidact.config import to_dataclass
 from autodidact.data import load_pairs
-from autodidact.lora_trainer import LoRAConfig, LoRATrainer, TrainConfig, TrainResult
+from autodidact.lora_trainer import LoRATrainer, TrainResult
 from autodidact.models import ModelBundle, configure_threads, load_model
+from autodidact.settings import ModelConfig, check_train_config
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +24,12 @@ def example_data_path() -> Path:
     return Path(str(importlib.resources.files("autodidact") / "resources" / "example_qa.jsonl"))
 
 
-def load_bundle(model_cfg: DictConfig) -> ModelBundle:
-    configure_threads(model_cfg.get("threads"))
-    return load_model(model_cfg.kind, path=model_cfg.get("path"), seed=model_cfg.get("seed", 0),
-                      cache_dir=model_cfg.get("cache_dir"))
+def load_bundle(model: ModelConfig | DictConfig) -> ModelBundle:
+    """The base model of a ``model`` section (checked first when it is a raw config node)."""
+    if not isinstance(model, ModelConfig):
+        model = to_dataclass(ModelConfig, model, "model")
+    configure_threads(model.threads)
+    return load_model(model.kind, path=model.path, seed=model.seed, cache_dir=model.cache_dir)
 
 
 def build_logger(cfg: DictConfig):
@@ -77,22 +80,21 @@ class TrainSummary:
 
 
 def train(cfg: DictConfig, run_dir: Path) -> TrainSummary:
-    lora = to_dataclass(LoRAConfig, cfg.lora, "lora")
-    tcfg = to_dataclass(TrainConfig, cfg.trainer, "trainer")
-    data_path = Path(cfg.data.path) if cfg.data.get("path") else example_data_path()
+    s = check_train_config(cfg)
+    data_path = Path(s.data.path) if s.data.path else example_data_path()
     pairs = load_pairs(data_path)
-    skill = cfg.get("skill") or ("velmora_lighthouse" if not cfg.data.get("path") else data_path.name.split(".")[0])
-    card_path = Path(cfg.card.path) if cfg.card.get("path") else run_dir / f"{skill}.lora.arrow"
+    skill = s.run.skill or ("velmora_lighthouse" if not s.data.path else data_path.name.split(".")[0])
+    card_path = Path(s.run.card.path) if s.run.card.path else run_dir / f"{skill}.lora.arrow"
     logger = build_logger(cfg)
     starting = start_logger(logger)  # W&B's start-up (it spawns a service process) overlaps the model load
-    bundle = load_bundle(cfg.model)
+    bundle = load_bundle(s.model)
     if starting is not None:
         starting.join()
-    trainer = LoRATrainer(bundle, lora, tcfg, logger=logger)
-    n_val = int(round(len(pairs) * float(cfg.data.get("val_fraction") or 0.0)))
+    trainer = LoRATrainer(bundle, s.lora, s.trainer, logger=logger)
+    n_val = int(round(len(pairs) * s.data.val_fraction))
     val, train_pairs = pairs[:n_val], pairs[n_val:]
     result = trainer.fit(train_pairs, adapter=skill, val_pairs=val)
-    path = trainer.export(card_path, adapter=skill, skill=skill, result=result, dtype=cfg.card.get("dtype", "float16"))
+    path = trainer.export(card_path, adapter=skill, skill=skill, result=result, dtype=s.run.card.dtype)
     if logger is not None:
         logger.log_metrics({"card/bytes": path.stat().st_size, "train/seconds": result.seconds})
         logger.finalize("success")

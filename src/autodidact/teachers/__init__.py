@@ -7,32 +7,56 @@ A caller (``skill_factory.py``, ``evolve.py stage=distill``) needs only::
     result.pairs, result.reference, result.heldout
 """
 
-from autodidact.teachers.config import (
-    ProviderSettings,
-    TeacherConfig,
-    build_distiller,
-    build_teacher,
-    public_config,
-    public_run_config,
-)
-from autodidact.teachers.distiller import CloudDistiller, DistillConfig, DistillResult, QAPair
-from autodidact.teachers.errors import (
-    AllProvidersFailed,
-    AuthFailed,
-    BadReply,
-    OutOfPack,
-    RateLimited,
-    Rejected,
-    ReplayMiss,
-    TeacherError,
-    TeacherTimeout,
-    Unavailable,
-)
-from autodidact.teachers.failover import FailoverChain, FailoverPolicy
-from autodidact.teachers.offline import OfflineProvider, load_pack
-from autodidact.teachers.providers import AnthropicProvider, Completion, OpenAIProvider, Provider
-from autodidact.teachers.replay import ReplayProvider
-from autodidact.teachers.transcript import TRANSCRIPT_NAME, Transcript
+import importlib
+
+# Loaded on first use (PEP 562), not here: the settings must be importable without the SDKs and torch
+# that the providers and the distiller pull in, so evolve.py can check its config before those load.
+_WHERE = {
+    "build_distiller": "config",
+    "build_teacher": "config",
+    "public_config": "config",
+    "public_run_config": "config",
+    "DistillConfig": "settings",
+    "FailoverPolicy": "settings",
+    "ProviderSettings": "settings",
+    "TeacherConfig": "settings",
+    "CloudDistiller": "distiller",
+    "DistillResult": "distiller",
+    "QAPair": "distiller",
+    "AllProvidersFailed": "errors",
+    "AuthFailed": "errors",
+    "BadReply": "errors",
+    "OutOfPack": "errors",
+    "RateLimited": "errors",
+    "Rejected": "errors",
+    "ReplayMiss": "errors",
+    "TeacherError": "errors",
+    "TeacherTimeout": "errors",
+    "Unavailable": "errors",
+    "FailoverChain": "failover",
+    "OfflineProvider": "offline",
+    "load_pack": "offline",
+    "AnthropicProvider": "providers",
+    "Completion": "providers",
+    "OpenAIProvider": "providers",
+    "Provider": "providers",
+    "ReplayProvider": "replay",
+    "TRANSCRIPT_NAME": "transcript",
+    "Transcript": "transcript",
+}
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value  # once found, an ordinary module attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
 
 __all__ = [
     "AllProvidersFailed",

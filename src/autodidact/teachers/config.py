@@ -1,4 +1,4 @@
-"""Typed teacher settings (the Hydra group ``teacher``) and ``build_teacher``, which wires the chain.
+"""``build_teacher``, which wires the chain from the typed ``teacher`` settings (``settings.py``).
 
 ``teacher.kind`` picks the chain: ``openai``, ``anthropic``, ``failover`` (``teacher.chain`` in order),
 ``offline`` (the demo pack), ``replay`` (``teacher.path``), or ``auto``: the failover chain over the
@@ -12,124 +12,23 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from autodidact.errors import ConfigError
-from autodidact.teachers.distiller import CloudDistiller, DistillConfig
+from autodidact.teachers.distiller import CloudDistiller
 from autodidact.teachers.errors import register_secrets
 from autodidact.teachers.failover import FailoverChain, FailoverPolicy
 from autodidact.teachers.offline import OFFLINE_LABEL, OfflineProvider
 from autodidact.teachers.providers import AnthropicProvider, OpenAIProvider
 from autodidact.teachers.replay import ReplayProvider
+from autodidact.teachers.settings import KINDS, ProviderSettings, TeacherConfig  # noqa: F401 - re-exported
 from autodidact.teachers.transcript import Transcript
 
 log = logging.getLogger(__name__)
 
-KINDS = ("auto", "openai", "anthropic", "failover", "offline", "replay")
 CLOUD = {"openai": (OpenAIProvider, "OPENAI_API_KEY"), "anthropic": (AnthropicProvider, "ANTHROPIC_API_KEY")}
-
-
-@dataclass
-class ProviderSettings:
-    """One cloud provider's endpoint and limits."""
-
-    api_key: str | None = None
-    """Secret; set through the environment, never on the command line or in a file."""
-    base_url: str = ""
-    """Endpoint root (OpenAI: including ``/v1``; Anthropic: without it, the SDK adds ``/v1/messages``)."""
-    model: str = ""
-    """Model name sent with every request."""
-    timeout: float = 60.0
-    """Seconds to wait for one reply."""
-    max_tokens: int = 4096
-    """Reply length cap; 24+ pairs of JSON need a few thousand tokens."""
-    structured_output: bool = True
-    """Ask for native structured output (OpenAI ``response_format`` JSON schema, Anthropic tool use);
-    a server that refuses it is asked in plain text instead."""
-
-
-@dataclass
-class TeacherConfig:
-    """The whole ``teacher`` config group."""
-
-    kind: str = "auto"
-    """Which chain: auto | openai | anthropic | failover | offline | replay."""
-    chain: list[str] = field(default_factory=lambda: ["openai", "anthropic"])
-    """Provider order for ``failover`` and ``auto``."""
-    openai: ProviderSettings = field(
-        default_factory=lambda: ProviderSettings(base_url="https://api.openai.com/v1", model="gpt-4o-mini")
-    )
-    """OpenAI settings (present whichever kind is chosen)."""
-    anthropic: ProviderSettings = field(
-        default_factory=lambda: ProviderSettings(base_url="https://api.anthropic.com", model="claude-haiku-4-5")
-    )
-    """Anthropic settings (present whichever kind is chosen)."""
-    policy: FailoverPolicy = field(default_factory=FailoverPolicy)
-    """Retries, backoff, cooldown and deadline."""
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    """How many pairs to ask for and how to check them."""
-    path: str | None = None
-    """Transcript to serve back when ``kind=replay``."""
-    pack: str | None = None
-    """Knowledge pack for ``kind=offline``; null = the shipped demo pack."""
-
-    @classmethod
-    def from_cfg(cls, cfg: TeacherConfig | DictConfig | dict) -> TeacherConfig:
-        """Build and validate from the Hydra node; one error lists every problem."""
-        if isinstance(cfg, TeacherConfig):
-            cfg.validate()
-            return cfg
-        data: Any = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-        problems: list[str] = []
-        nested = {"openai": ProviderSettings, "anthropic": ProviderSettings, "policy": FailoverPolicy,
-                  "distill": DistillConfig}
-        kwargs: dict[str, Any] = {}
-        defaults = cls()
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key, value in data.items():
-            if key not in known:
-                problems.append(f"unknown key teacher.{key}")
-            elif key in nested:
-                sub = nested[key]
-                sub_known = {f.name for f in dataclasses.fields(sub)}
-                bad = sorted(set(value or {}) - sub_known)
-                problems += [f"unknown key teacher.{key}.{b}" for b in bad]
-                # Start from this field's defaults, so a partial dict (tests, scripts) still works.
-                given = {k: v for k, v in (value or {}).items() if k in sub_known}
-                kwargs[key] = dataclasses.replace(getattr(defaults, key), **given)
-            else:
-                kwargs[key] = value
-        if problems:
-            raise ConfigError("teacher config: " + "; ".join(problems) + f" (known keys: {sorted(known)})")
-        out = cls(**kwargs)
-        out.validate()
-        return out
-
-    def validate(self) -> None:
-        problems = []
-        if self.kind not in KINDS:
-            problems.append(f"teacher.kind must be one of {KINDS} (got {self.kind!r})")
-        bad = [c for c in self.chain if c not in CLOUD]
-        if bad:
-            problems.append(f"teacher.chain may only name {sorted(CLOUD)} (got {bad})")
-        if self.kind == "replay" and not self.path:
-            problems.append("teacher=replay needs teacher.path=FILE (a teacher_transcript.jsonl)")
-        for name in CLOUD:
-            s: ProviderSettings = getattr(self, name)
-            if self.kind in (name, "failover", "auto") and (not s.base_url or not s.model):
-                problems.append(f"teacher.{name}.base_url and teacher.{name}.model must be set")
-            if s.timeout <= 0 or s.max_tokens < 1:
-                problems.append(f"teacher.{name}.timeout and max_tokens must be positive")
-        for part in (self.policy, self.distill):
-            try:
-                part.validate()
-            except ConfigError as exc:
-                problems.append(str(exc))
-        if problems:
-            raise ConfigError("teacher config: " + "; ".join(problems))
 
 
 def public_config(cfg: TeacherConfig | DictConfig | dict) -> dict:

@@ -36,6 +36,7 @@ from autodidact.evaluation import answer_is_correct
 from autodidact.teachers.errors import BadReply, excerpt
 from autodidact.teachers.failover import FailoverChain
 from autodidact.teachers.providers import Completion
+from autodidact.teachers.settings import DistillConfig
 
 log = logging.getLogger(__name__)
 
@@ -66,47 +67,6 @@ PAIRS_SCHEMA: dict = {
     "additionalProperties": False,
 }
 """What the teacher must return; providers with structured output enforce it natively."""
-
-
-@dataclass
-class DistillConfig:
-    """How many pairs to ask for and how to validate them."""
-
-    n_pairs: int = 24
-    """Training pairs asked for per question."""
-    n_heldout: int = 4
-    """Most held-out rephrasings kept apart from training (about a fifth of what came back is used)."""
-    min_pairs: int = 6
-    """Fewest training pairs to train on after ``max_rounds`` requests; fewer is an error."""
-    max_rounds: int = 3
-    """Requests per question at most (the first, then more while under half of ``n_pairs`` came back)."""
-    max_question_chars: int = 300
-    """Longer questions are dropped, not truncated."""
-    max_answer_chars: int = 200
-    """Longer answers are dropped: a small model must be able to reproduce them."""
-    include_reference_in_training: bool = True
-    """Also train on the user's own question: it is the one the adapter must answer."""
-    paraphrase_min: float = 0.8
-    """MiniLM cosine at which a pair's question means the same as the user's (reference, held-out);
-    fitted on the routing dev split by experiments/calibrate_router.py."""
-    near_duplicate: float = 0.95
-    """MiniLM cosine at which two questions using the same words (filler aside) are one (the later is
-    dropped). Cosine alone would merge "By whom was X built?" and "In what year was X built?" (0.98)."""
-
-    def validate(self) -> None:
-        problems = []
-        for name in ("n_pairs", "min_pairs", "max_rounds", "max_question_chars", "max_answer_chars"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
-        if self.n_heldout < 0:
-            problems.append(f"n_heldout must be >= 0 (got {self.n_heldout})")
-        if self.min_pairs > self.n_pairs:
-            problems.append(f"min_pairs ({self.min_pairs}) must be <= n_pairs ({self.n_pairs})")
-        for name in ("paraphrase_min", "near_duplicate"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                problems.append(f"{name} must be a cosine in (0, 1] (got {getattr(self, name)})")
-        if problems:
-            raise ConfigError("teacher.distill: " + "; ".join(problems))
 
 
 @dataclass

@@ -17,53 +17,16 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 from autodidact.errors import ConfigError
 from autodidact.teachers.errors import AllProvidersFailed, RateLimited, TeacherError, TeacherTimeout
 from autodidact.teachers.providers import Completion, Provider
+from autodidact.teachers.settings import FailoverPolicy
 from autodidact.teachers.transcript import Transcript
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass
-class FailoverPolicy:
-    """Retry, backoff, cooldown and deadline settings for a provider chain."""
-
-    max_attempts: int = 3
-    """Tries per provider per call on retryable errors (1 = no retry, straight to the next provider)."""
-    backoff_base_s: float = 1.0
-    """Delay before the second try; doubles on each further try."""
-    backoff_max_s: float = 20.0
-    """Cap on one delay; a 429 asking for longer than this fails over instead of waiting."""
-    jitter: float = 0.5
-    """Fraction of each delay drawn at random, so many clients do not retry in lockstep."""
-    cooldown_s: float = 60.0
-    """How long a provider that used up its tries is skipped by later calls."""
-    deadline_s: float = 300.0
-    """Overall limit for one call across every provider and retry."""
-
-    def validate(self) -> None:
-        problems = []
-        if self.max_attempts < 1:
-            problems.append(f"max_attempts must be >= 1 (got {self.max_attempts})")
-        for name in ("backoff_base_s", "backoff_max_s", "cooldown_s"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
-        if not 0 <= self.jitter <= 1:
-            problems.append(f"jitter must be in [0, 1] (got {self.jitter})")
-        if self.deadline_s <= 0:
-            problems.append(f"deadline_s must be > 0 (got {self.deadline_s})")
-        if problems:
-            raise ConfigError("teacher.policy: " + "; ".join(problems))
-
-    def backoff(self, attempt: int, rng: random.Random) -> float:
-        """Delay after failed try number ``attempt`` (1-based)."""
-        delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
-        return delay * (1.0 - self.jitter * rng.random())
 
 
 def _identity(completion: Completion) -> Completion:

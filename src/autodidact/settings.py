@@ -1,0 +1,380 @@
+"""Every section of the run config as a small typed dataclass, and ``check_evolve_config``.
+
+Each class has a default and a docstring per field, and ``problems()`` for what types cannot say
+(ranges, consistency), one line each naming ``section.key``. ``config.check_sections`` builds them all
+and reports every problem of every section in one error.
+
+This module must stay light (no torch, transformers, lightning, SDKs): ``evolve.py`` runs
+``check_evolve_config`` before it imports any of those, so ``model=nonsense`` or a typo fails in
+about a second instead of after ~11 s of imports. The modules that use a class re-export it
+(``lora_trainer.LoRAConfig``, ``skill_factory.FactoryConfig``, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from autodidact.config import check_sections
+from autodidact.inference.router_config import RouterConfig
+from autodidact.learning_queue import QueuePolicy
+from autodidact.teachers.settings import TeacherConfig
+
+MODEL_KINDS = ("smollm2", "tiny", "hf")
+
+
+@dataclass
+class ModelConfig:
+    """The base model (Hydra group ``model``)."""
+
+    kind: str = "smollm2"
+    """smollm2 (the shipped wheel), tiny (a random 2-layer Llama for tests) or hf (a local folder)."""
+    name: str | None = None
+    """Display name (the served model id); null: the kind."""
+    path: str | None = None
+    """model=hf: a local transformers causal-LM folder."""
+    cache_dir: str | None = None
+    """Where SmolLM2 is converted to once; null: the user cache dir (AUTODIDACT_CACHE_DIR overrides)."""
+    seed: int = 0
+    """Seed of the tiny model's random weights."""
+    threads: int | None = None
+    """Torch threads; null: one per CPU in this process's affinity mask."""
+    max_new_tokens: int = 48
+    """Answer length cap, in tokens."""
+
+    def problems(self) -> list[str]:
+        p = []
+        if self.kind not in MODEL_KINDS:
+            p.append(f"model.kind={self.kind!r} must be one of {', '.join(MODEL_KINDS)} (model=smollm2|tiny|hf)")
+        if self.kind == "hf" and not self.path:
+            p.append("model=hf needs model.path=DIR, a local transformers causal-LM folder")
+        if self.threads is not None and self.threads < 1:
+            p.append(f"model.threads={self.threads} must be >= 1, or null for one per CPU")
+        if self.max_new_tokens < 1:
+            p.append(f"model.max_new_tokens={self.max_new_tokens} must be >= 1")
+        return p
+
+
+@dataclass
+class LoRAConfig:
+    """Shape of the adapter (Hydra group ``lora``)."""
+
+    r: int = 8
+    """Rank of the update B·A."""
+    alpha: float = 16.0
+    """Scale numerator: the update is multiplied by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input; 0 keeps the learned-check exact and training deterministic."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    """Leaf names of the nn.Linear layers that get an adapter (PEFT's target_modules)."""
+    top_layers: int | None = 10
+    """Adapters only on the top N decoder layers (a shorter backward, and the frozen layers below run
+    once per example); null: every layer."""
+    layers_to_transform: list[int] | None = None
+    """Decoder layer indices that get adapters (PEFT's layers_to_transform); overrides top_layers."""
+
+    def problems(self) -> list[str]:
+        p = []
+        if self.layers_to_transform is not None and (
+            not self.layers_to_transform or any(i < 0 for i in self.layers_to_transform)
+        ):
+            p.append(f"lora.layers_to_transform must be null or a non-empty list of layer indices >= 0 "
+                     f"(got {self.layers_to_transform})")
+        if self.top_layers is not None and self.top_layers < 1:
+            p.append(f"lora.top_layers must be null or >= 1 (got {self.top_layers})")
+        if self.r < 1:
+            p.append(f"lora.r must be >= 1 (got {self.r})")
+        if self.alpha <= 0:
+            p.append(f"lora.alpha must be > 0 (got {self.alpha})")
+        if not 0 <= self.dropout < 1:
+            p.append(f"lora.dropout must be in [0, 1) (got {self.dropout})")
+        if not self.target_modules:
+            p.append("lora.target_modules must name at least one layer, e.g. [q_proj, v_proj]")
+        return p
+
+
+@dataclass
+class TrainConfig:
+    """How to train one skill (Hydra group ``trainer``)."""
+
+    lr: float = 1e-2
+    """AdamW learning rate for the LoRA parameters (tuned: see conf/trainer/default.yaml)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (on LoRA parameters only)."""
+    batch_size: int = 4
+    """Examples per optimizer step."""
+    max_steps: int = 300
+    """Step budget; training usually stops earlier, once the skill is learned."""
+    min_steps: int = 0
+    """Never stop before this many steps, even if the skill looks learned."""
+    stop_when_learned: bool = True
+    """Stop after the first epoch in which greedy decoding reproduces every training answer."""
+    loss_floor: float = 0.0
+    """Also stop once an epoch's mean loss is below this (0 disables)."""
+    max_length: int = 256
+    """Truncate examples to this many tokens."""
+    mask_prompt: bool = True
+    """Compute the loss on answer tokens only."""
+    grad_clip: float = 1.0
+    """Clip the gradient norm (0 disables)."""
+    precision: str = "auto"
+    """Lightning precision, or auto: bf16-mixed on a GPU and on CPUs with native bf16 (AVX512-BF16, AMX),
+    else 32-true. On an AVX2-only CPU bf16 matmuls are emulated: measured 6x slower than fp32 at
+    SmolLM2's shapes. Under reduced precision, "learned" is re-checked in fp32 before stopping."""
+    accelerator: str = "cpu"
+    """Lightning accelerator: cpu, gpu, auto."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to cut memory (slower)."""
+    cache_frozen_layers: bool = True
+    """Run the frozen layers below the lowest adapter once per example instead of every step."""
+    seed: int = 0
+    """Seed for adapter init and batch order."""
+    progress_bar: bool = True
+    """Show Lightning's progress bar."""
+
+    def problems(self) -> list[str]:
+        p = []
+        if not self.lr > 0:
+            p.append(f"trainer.lr must be > 0 (got {self.lr})")
+        if self.batch_size < 1:
+            p.append(f"trainer.batch_size must be >= 1 (got {self.batch_size})")
+        if self.max_steps < 1:
+            p.append(f"trainer.max_steps must be >= 1 (got {self.max_steps})")
+        if self.max_length < 8:
+            p.append(f"trainer.max_length must be >= 8 (got {self.max_length})")
+        if self.precision not in {"auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"}:
+            p.append(f"trainer.precision {self.precision!r} is not one of auto, 32-true, bf16-mixed, 16-mixed, "
+                     "bf16-true")
+        return p
+
+
+@dataclass
+class FactoryConfig:
+    """How the factory verifies and retries (config key ``factory``)."""
+
+    verify_rounds: int = 2
+    """Training rounds before a skill that fails verification is dead-lettered."""
+    min_heldout_fraction: float = 0.5
+    """Share of held-out paraphrases that must be answered correctly (the original question always must)."""
+    retrain_step_factor: float = 2.0
+    """Each extra round trains at least this many times the previous round's steps."""
+    lease_s: float = 60.0
+    """Lease on a claimed job, renewed by a heartbeat while the job is worked: a worker on another host
+    takes the job over this long after its holder stopped beating (on the same host, at once)."""
+    max_new_tokens: int = 48
+    """Generation budget when verifying answers."""
+    card_dtype: str = "float16"
+    """Storage dtype of exported cards."""
+
+    def problems(self) -> list[str]:
+        p = []
+        if self.verify_rounds < 1:
+            p.append(f"factory.verify_rounds must be >= 1 (got {self.verify_rounds})")
+        if not 0 <= self.min_heldout_fraction <= 1:
+            p.append(f"factory.min_heldout_fraction must be in [0, 1] (got {self.min_heldout_fraction})")
+        if self.retrain_step_factor < 1:
+            p.append(f"factory.retrain_step_factor must be >= 1 (got {self.retrain_step_factor})")
+        if self.lease_s <= 0:
+            p.append(f"factory.lease_s must be > 0 (got {self.lease_s})")
+        return p
+
+
+@dataclass
+class ManagerConfig:
+    """Config key ``manager``."""
+
+    max_loaded: int = 8
+    """Adapters kept attached to the model at once (least recently used detached first)."""
+
+    def problems(self) -> list[str]:
+        return [] if self.max_loaded >= 1 else [f"manager.max_loaded must be >= 1 (got {self.max_loaded})"]
+
+
+@dataclass
+class WandbLoggerConfig:
+    """``logger=wandb``: Lightning's WandbLogger; the keys W&B's own ``wandb.init`` takes pass through."""
+
+    project: str | None = "autodidact"
+    """W&B project."""
+    offline: bool = True
+    """Log to <run dir>/wandb only; ``wandb sync`` uploads later. false needs WANDB_API_KEY."""
+    save_dir: str = "."
+    """Where the run is written (the Hydra run dir)."""
+    name: str | None = None
+    """Run name; null: the job's overrides in a multirun, else W&B's own."""
+    log_model: bool | str = False
+    """Lightning checkpoints as W&B artifacts (cards are logged separately)."""
+    version: str | None = None
+    id: str | None = None
+    dir: str | None = None
+    prefix: str = ""
+    anonymous: bool | None = None
+    checkpoint_name: str | None = None
+    entity: str | None = None
+    group: str | None = None
+    """Run group; null: the sweep, in a multirun."""
+    job_type: str | None = None
+    tags: list[str] | None = None
+    notes: str | None = None
+    mode: str | None = None
+    resume: bool | str | None = None
+    save_code: bool | None = None
+    settings: Any = None
+
+
+@dataclass
+class CSVLoggerConfig:
+    """``logger=csv``: Lightning's CSVLogger, the no-W&B alternative."""
+
+    save_dir: str = "."
+    """Folder of the ``name`` folder (the Hydra run dir)."""
+    name: str | None = "csv"
+    version: int | str | None = None
+    prefix: str = ""
+    flush_logs_every_n_steps: int = 100
+    """Rows buffered before metrics.csv is written."""
+
+    def problems(self) -> list[str]:
+        n = self.flush_logs_every_n_steps
+        return [] if n >= 1 else [f"logger.flush_logs_every_n_steps={n} must be >= 1"]
+
+
+LOGGERS = {"WandbLogger": WandbLoggerConfig, "CSVLogger": CSVLoggerConfig}
+"""Logger classes (by ``_target_``'s last part) whose arguments are checked before anything loads;
+another ``_target_`` is the user's own class, checked when it is built (``tracking``)."""
+
+
+def logger_config_class(node: Any) -> type | None:
+    """The dataclass that checks a ``logger`` section, or None (no logger, or an unknown class)."""
+    if node is None:
+        return None
+    return LOGGERS.get(str(node.get("_target_") or "").rsplit(".", 1)[-1])
+
+
+@dataclass
+class EvolveConfig:
+    """``evolve.py``'s own top-level keys (conf/config.yaml)."""
+
+    stage: str = "loop"
+    """loop: the whole learning loop; distill: only ask the teacher; serve: the endpoint."""
+    query: str | None = None
+    """One question to answer (learning it first if needed)."""
+    queries: str | None = None
+    """A file with one question per line."""
+    seed: int = 0
+    """Seed for everything random in the run."""
+    verbose: bool = False
+    """Third-party banners and warnings on the console too (always in the run's log file)."""
+    learn: bool = True
+    """false: route and answer only, never queue a learning event."""
+    skills_dir: str | None = None
+    """Cards and the learning queue; null: $AUTODIDACT_SKILLS_DIR, else the user data dir."""
+
+
+EVOLVE_SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "lora": LoRAConfig, "trainer": TrainConfig, "teacher": TeacherConfig,
+    "router": RouterConfig, "factory": FactoryConfig, "manager": ManagerConfig, "queue": QueuePolicy,
+}
+PASSTHROUGH = ("data", "logger", "server")
+"""Top-level sections checked elsewhere: ``data`` is train.py's (unused by evolve.py), ``logger``
+by its class below, ``server`` by serve mode's own ``ServerConfig``."""
+
+
+@dataclass
+class EvolveSettings:
+    """Every section of an evolve.py config, checked."""
+
+    run: EvolveConfig
+    model: ModelConfig
+    lora: LoRAConfig
+    trainer: TrainConfig
+    teacher: TeacherConfig
+    router: RouterConfig
+    factory: FactoryConfig
+    manager: ManagerConfig
+    queue: QueuePolicy
+    logger: Any
+    """WandbLoggerConfig, CSVLoggerConfig, None (logger=none) or the raw node of another class."""
+
+
+def check_evolve_config(cfg: Any) -> EvolveSettings:
+    """Check every section of ``cfg`` (evolve.py's composed config); one ConfigError lists every problem.
+
+    Imports nothing heavy, so it runs before torch/transformers/lightning load.
+    """
+    sections = dict(EVOLVE_SECTIONS)
+    logger_cls = logger_config_class(cfg.get("logger"))
+    if logger_cls is not None:
+        sections["logger"] = logger_cls
+    built = check_sections(cfg, sections, top=EvolveConfig, passthrough=PASSTHROUGH)
+    logger = built.pop("logger", None) if logger_cls is not None else cfg.get("logger")
+    return EvolveSettings(run=built.pop(""), logger=logger, **built)
+
+
+# -- train.py ------------------------------------------------------------------------------------------
+CARD_DTYPES = ("float16", "bfloat16", "float32")
+
+
+@dataclass
+class DataConfig:
+    """Training pairs (Hydra group ``data``, train.py)."""
+
+    path: str | None = None
+    """QA pairs, JSONL ({"question", "answer"} per line) or Arrow; null: the shipped example set."""
+    val_fraction: float = 0.0
+    """Share of the pairs held out as a validation set."""
+
+    def problems(self) -> list[str]:
+        ok = 0.0 <= self.val_fraction < 1.0
+        return [] if ok else [f"data.val_fraction={self.val_fraction} must be in [0, 1)"]
+
+
+@dataclass
+class CardConfig:
+    """Where and how train.py writes the card (key ``card``)."""
+
+    path: str | None = None
+    """Card file; null: <run dir>/<skill>.lora.arrow."""
+    dtype: str = "float16"
+    """Storage dtype of the adapter tensors."""
+
+    def problems(self) -> list[str]:
+        ok = self.dtype in CARD_DTYPES
+        return [] if ok else [f"card.dtype={self.dtype!r} must be one of {', '.join(CARD_DTYPES)}"]
+
+
+@dataclass
+class TrainScriptConfig:
+    """``train.py``'s own top-level keys (conf/train.yaml)."""
+
+    skill: str | None = None
+    """Skill name recorded in the card; null: the data file's stem."""
+    seed: int = 0
+    """Seed for everything random in the run."""
+    verbose: bool = False
+    """Third-party banners and warnings on the console too."""
+    card: CardConfig = field(default_factory=CardConfig)
+    """The card to write."""
+
+
+@dataclass
+class TrainSettings:
+    """Every section of a train.py config, checked."""
+
+    run: TrainScriptConfig
+    model: ModelConfig
+    lora: LoRAConfig
+    trainer: TrainConfig
+    data: DataConfig
+    logger: Any
+
+
+def check_train_config(cfg: Any) -> TrainSettings:
+    """Check every section of train.py's composed config; one ConfigError lists every problem."""
+    sections: dict[str, type] = {"model": ModelConfig, "lora": LoRAConfig, "trainer": TrainConfig, "data": DataConfig}
+    logger_cls = logger_config_class(cfg.get("logger"))
+    if logger_cls is not None:
+        sections["logger"] = logger_cls
+    built = check_sections(cfg, sections, top=TrainScriptConfig, passthrough=("logger",))
+    logger = built.pop("logger", None) if logger_cls is not None else cfg.get("logger")
+    return TrainSettings(run=built.pop(""), logger=logger, **built)
