@@ -2,6 +2,16 @@
 
     python experiments/knowledge_eval.py                   # N=20 subjects on SmolLM2 (two facts each)
     python experiments/knowledge_eval.py --n 2 --model tiny   # a smoke run (the tiny model learns little)
+    python experiments/knowledge_eval.py --out DIR --budget-minutes 90   # stop starting subjects after 90 min
+    python experiments/knowledge_eval.py --out DIR --resume   # go on where a run in DIR stopped
+
+A full run is long on a CPU (a learning question costs about a minute on 2 cores), so a run can be
+cut short and resumed: each finished subject is appended to ``subjects.jsonl`` and every answer to
+``records.jsonl``; ``--resume`` reuses the base model's answers, the finished subjects and the skills
+directory, and redoes the subject that was unfinished (its skill may already be installed, in which
+case its first question is answered without a new event; the row says ``"resumed": true``).
+``--budget-minutes`` starts no new subject after that many minutes and goes to the final sweep with
+the subjects finished; the summary gives ``n_subjects`` finished of ``n_subjects_asked``.
 
 The evaluation pack (``experiments/data/knowledge_eval_pack.json``; not the demo pack, not the router
 data) holds fictional subjects in a KnowEdit-like schema: a question and answer, people-typed
@@ -65,16 +75,38 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=20, help="subjects (each has two facts)")
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--resume", action="store_true", help="go on with the run in --out")
+    ap.add_argument("--budget-minutes", type=float, default=None,
+                    help="start no new subject after this many minutes; then the final sweep")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for conf/config.yaml, e.g. trainer.lr=2e-3")
     args = ap.parse_args(argv)
+    if args.resume and args.out is None:
+        ap.error("--resume needs --out DIR (the run to go on with)")
     run_dir = args.out or ROOT / "outputs" / "knowledge_eval" / time.strftime("%Y-%m-%d_%H-%M-%S")
     run_dir.mkdir(parents=True, exist_ok=True)
     subjects, pack = flatten(json.loads(PACK.read_text("utf-8")), args.n)
     pack_path = run_dir / "pack.json"
-    pack_path.write_text(json.dumps(pack, ensure_ascii=False), "utf-8")
+    log_path = run_dir / "records.jsonl"
+    done_path = run_dir / "subjects.jsonl"
+    previous: list[dict] = []
+    base: dict[str, str] = {}
+    if args.resume:
+        if not log_path.exists():
+            ap.error(f"--resume: nothing to resume in {run_dir} (no records.jsonl)")
+        if json.loads(pack_path.read_text("utf-8")) != pack:
+            ap.error(f"--resume: {run_dir} was run with another --n or pack; use the same --n")
+        previous = [json.loads(line) for line in done_path.read_text("utf-8").splitlines()] if done_path.exists() else []
+        for line in log_path.read_text("utf-8").splitlines():
+            rec = json.loads(line)
+            if rec["tag"] == "base":
+                base[rec["query"]] = rec["answer"]
+        print(f"resuming {run_dir}: {len(previous)} subject(s) done, {len(base)} base answers", file=sys.stderr)
+    elif log_path.exists():
+        ap.error(f"{run_dir} already holds a run; use --resume to go on with it, or another --out")
+    else:
+        pack_path.write_text(json.dumps(pack, ensure_ascii=False), "utf-8")
     t_start = time.perf_counter()
     bot = build(args, run_dir, pack_path)
-    log_path = run_dir / "records.jsonl"
 
     def ask(q: str, learn: bool, tag: str) -> dict:
         bot.learn = learn
@@ -90,9 +122,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         locality = [(s["topic"], loc["question"]) for s in subjects for loc in s["locality"]]
-        base = {q: ask(q, False, "base")["answer"] for _, q in locality}
-        rows = []
+        base |= {q: ask(q, False, "base")["answer"] for _, q in locality if q not in base}
+        rows = list(previous)
         for i, s in enumerate(subjects):
+            if i < len(previous):
+                continue
+            if args.budget_minutes is not None and time.perf_counter() - t_start > 60 * args.budget_minutes:
+                print(f"budget of {args.budget_minutes} min spent: {i} of {len(subjects)} subjects", file=sys.stderr)
+                break
             second = s["second"]
             first_rec = ask(s["question"], True, f"learn {i} first")
             reliable = [answer_is_correct(first_rec["answer"], s["answer"])]
@@ -113,11 +150,12 @@ def main(argv: list[str] | None = None) -> int:
                 "questions": 2 + len(gen),
                 "seconds": [first_rec["seconds"], second_rec["seconds"]],
                 "learned": [first_rec["learned"], second_rec["learned"]],
+                "resumed": bool(args.resume and i == len(previous)),
             })
-            with (run_dir / "subjects.jsonl").open("a", encoding="utf-8") as f:  # progress, if the run is cut short
+            with done_path.open("a", encoding="utf-8") as f:  # progress, for --resume
                 f.write(json.dumps(rows[-1], ensure_ascii=False) + "\n")
         retention = []
-        for s in subjects:
+        for s in subjects[: len(rows)]:
             for fact in (s, s["second"]):
                 retention.append(answer_is_correct(ask(fact["question"], False, "retain")["answer"], fact["answer"]))
         local = [ask(q, False, "locality")["answer"] == base[q] for _, q in locality]
@@ -131,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
 
     seconds = [x for r in rows for x in r["seconds"]]
     summary = {
-        "n_subjects": len(subjects),
-        "n_facts": 2 * len(subjects),
+        "n_subjects": len(rows),
+        "n_subjects_asked": len(subjects),
+        "n_facts": 2 * len(rows),
         "model": args.model,
         "reliability": share([x for r in rows for x in r["reliability"]]),
         "generalization": share([x for r in rows for x in r["generalization"]]),
@@ -143,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         "events_per_question": round(sum(r["events"] for r in rows) / max(1, sum(r["questions"] for r in rows)), 4),
         "seconds_per_skill_median": sorted(seconds)[len(seconds) // 2] if seconds else None,
         "seconds_per_skill_max": max(seconds) if seconds else None,
-        "wall_seconds": round(time.perf_counter() - t_start, 1),
+        "wall_seconds": round(time.perf_counter() - t_start, 1),  # this process (a resumed run: since resuming)
+        "resumed": bool(args.resume),
     }
     (run_dir / "knowledge_eval.json").write_text(json.dumps({"summary": summary, "subjects": rows}, indent=1))
     plot(summary, run_dir / "knowledge_eval.png")

@@ -31,9 +31,18 @@ def test_knowledge_eval_runs_the_real_loop_and_writes_its_table(tmp_path):
     args = ["--n", "1", "--model", "tiny", "--out", str(tmp_path), "lora=all_linear", "trainer.lr=0.01",
             "trainer.max_steps=30", "trainer.precision=32-true", "factory.min_heldout_fraction=0",
             "factory.verify_rounds=1", "model.threads=1"]
-    assert knowledge_eval.main(args) == 0
+    # A run cut short by its budget before any subject, then resumed: the resumed run reuses the base
+    # answers (asked once) and does the subject.
+    assert knowledge_eval.main([*args[:4], "--budget-minutes", "0", *args[4:]]) == 0
+    cut = json.loads((tmp_path / "knowledge_eval.json").read_text())["summary"]
+    assert cut["n_subjects"] == 0 and cut["n_subjects_asked"] == 1
+    with pytest.raises(SystemExit):  # the same --out without --resume would mix two runs
+        knowledge_eval.main(args)
+    assert knowledge_eval.main([*args[:4], "--resume", *args[4:]]) == 0
     summary = json.loads((tmp_path / "knowledge_eval.json").read_text())["summary"]
-    assert summary["n_facts"] == 2
+    assert summary["n_facts"] == 2 and summary["resumed"] is True
+    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert sum(r["tag"] == "base" for r in records) == 2  # the subject's two locality questions, asked once
     for key in ("reliability", "generalization", "locality", "same_subject", "retention", "events_per_question"):
         assert 0.0 <= summary[key] <= max(1.0, summary["events_per_question"])
     assert (tmp_path / "knowledge_eval.png").exists() and (tmp_path / "records.jsonl").exists()
