@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
 
 ROOT = Path(__file__).resolve().parents[2]
 # The tiny model learns the demo fact in ~120 one-thread steps (tests/test_skill_factory.py); it
@@ -20,6 +21,18 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = ["model=tiny", "model.threads=1", "lora=all_linear", "trainer.lr=0.01", "trainer.max_steps=120",
         "trainer.precision=32-true", "trainer.progress_bar=false", "factory.min_heldout_fraction=0",
         "router.answer_threshold=0"]
+
+
+QUESTION = "Who was Brindlemark's first mayor, and when?"
+"""The hard question the serve tests learn (a demo-pack fact the loopback teacher knows)."""
+
+
+def sdk(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="not-needed", max_retries=0, timeout=120)
+
+
+def ask(client: openai.OpenAI, q: str, **kw):
+    return client.chat.completions.create(model="anything", messages=[{"role": "user", "content": q}], **kw)
 
 
 def clean_env(tmp: Path, **extra: str) -> dict[str, str]:

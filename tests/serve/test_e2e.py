@@ -3,12 +3,11 @@ background, and be answered right the next time, with no restart.
 
 ``python evolve.py stage=serve`` runs in a subprocess on a free port (tiny model, loopback teacher
 reached through the OpenAI SDK by the learner process). The tests share one server and run in order:
-the learning phase is a module fixture every later test builds on.
+the learning phase is the session fixture ``learned`` (tests/serve/conftest.py) they build on.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
@@ -17,8 +16,8 @@ import pytest
 
 from autodidact.evaluation import answer_is_correct
 from autodidact.teachers.offline import load_pack
+from tests.serve.server_proc import QUESTION, ask, sdk
 
-QUESTION = "Who was Brindlemark's first mayor, and when?"
 # Typed the way people type: lower case, "1st"; not one of the teacher's pairs (checked below).
 REPHRASING = "who was the 1st mayor of brindlemark?"
 THRESHOLD = 0.4
@@ -29,66 +28,9 @@ def fact():
     return next(f for f in load_pack() if f.question == QUESTION)
 
 
-def sdk(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="not-needed", max_retries=0, timeout=120)
-
-
-def ask(client: openai.OpenAI, q: str, **kw):
-    return client.chat.completions.create(model="anything", messages=[{"role": "user", "content": q}], **kw)
-
-
 def ask_stream(client: openai.OpenAI, q: str, **kw) -> tuple[str, list]:
     chunks = list(ask(client, q, stream=True, **kw))
     return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks
-
-
-@pytest.fixture(scope="module")
-def learned(server):
-    """Ask the hard question, keep two other clients asking while the learner works, wait for done."""
-    client = sdk(server)
-    t0 = time.monotonic()
-    first = ask(client, QUESTION)
-    first_s = time.monotonic() - t0
-    job_id = first.autodidact["learning"]["job"]
-
-    stop = threading.Event()
-    states: list[tuple[float, str]] = []
-    records: list[tuple[float, float, str, bool]] = []  # start, end, kind, ok
-
-    def poll_job() -> None:
-        while not stop.is_set():
-            state = server.client.get(f"/v1/jobs/{job_id}").json()["state"]
-            states.append((time.monotonic(), state))
-            if state in ("done", "dead"):
-                stop.set()
-            time.sleep(0.05)
-
-    def other_client(streaming: bool) -> None:
-        c = sdk(server)
-        # The same topic (deduplicated into the same job), so the other client adds no learning work.
-        messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": QUESTION}]
-        while not stop.is_set():
-            t = time.monotonic()
-            try:
-                if streaming:
-                    list(c.chat.completions.create(model="m", messages=messages, stream=True, max_tokens=16))
-                else:
-                    c.chat.completions.create(model="m", messages=messages, max_tokens=16)
-                ok = True
-            except Exception:  # noqa: BLE001 - counted: the test fails on any
-                ok = False
-            records.append((t, time.monotonic(), "stream" if streaming else "plain", ok))
-            stop.wait(0.2)  # a person's pace, not a flood: the learner shares these two cores
-
-    threads = [threading.Thread(target=poll_job), threading.Thread(target=other_client, args=(False,)),
-               threading.Thread(target=other_client, args=(True,))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=400)
-    stop.set()
-    job = server.client.get(f"/v1/jobs/{job_id}").json()
-    return {"first": first, "first_s": first_s, "job": job, "states": states, "records": records}
 
 
 def test_a_hard_question_gets_an_immediate_answer_and_a_queued_job(learned):

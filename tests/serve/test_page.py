@@ -36,16 +36,9 @@ def browse(binary: str, url: str, tmp: Path, *args: str) -> subprocess.Completed
 
 
 @pytest.fixture(scope="module")
-def skill(server):
-    """The skill the e2e module learned, or learn it here when this module runs alone."""
-    from tests.serve.test_serve_e2e import QUESTION, ask, sdk
-
-    skills = server.client.get("/v1/skills").json()["data"]
-    if not skills:
-        job = ask(sdk(server), QUESTION).autodidact["learning"]["job"]
-        assert server.wait_job(job)["state"] == "done"
-        skills = server.client.get("/v1/skills").json()["data"]
-    return next(s for s in skills if s.get("query") == QUESTION)
+def skill(learned, server):
+    """The skill the session learned (tests/serve/conftest.py), as /v1/skills lists it."""
+    return next(s for s in server.client.get("/v1/skills").json()["data"] if s["id"] == learned["job"]["skill"])
 
 
 def test_page_shows_the_learned_skill_and_its_loss_chart_in_headless_chromium(server, skill, tmp_path):
