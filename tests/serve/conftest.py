@@ -15,6 +15,23 @@ KEY = "sk-test-serve-loopback-0123456789"
 
 
 @pytest.fixture(scope="session")
+def manager(tmp_path_factory, encoder):
+    """The tiny model with three skills of random adapter weights (each changes the logits)."""
+    from autodidact.card import SUFFIX
+    from autodidact.inference.lora_router import LoRARouter, RouterConfig
+    from autodidact.lora_manager import LoRAManager
+    from autodidact.models import load_tiny
+    from tests.test_lora_manager import make_card
+
+    skills = tmp_path_factory.mktemp("skills")
+    for i, name in enumerate(("brindlemark", "velmorite", "quillon")):
+        make_card(skills / f"{name}{SUFFIX}", name, encoder, seed=i + 1)
+    m = LoRAManager(load_tiny(seed=0), skills, LoRARouter(RouterConfig(), encoder))
+    m.scan()
+    return m
+
+
+@pytest.fixture(scope="session")
 def teacher():
     with TeacherServer() as server:
         yield server

@@ -11,29 +11,15 @@ import threading
 
 import pytest
 
-from autodidact.card import SUFFIX
 from autodidact.data import end_of_turn_id, prompt_ids
-from autodidact.inference.lora_router import LoRARouter, RouterConfig
 from autodidact.lora_manager import BASE_SKILL, LoRAManager
-from autodidact.models import load_tiny
 from autodidact.serve.decode import Row, decode_batch
-from tests.test_lora_manager import make_card
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # Different prompt lengths, so rows are left-padded by different amounts.
 QUESTIONS = ["Who?", "Who was Brindlemark's first mayor, and when?", "What is the capital of Vashmere, exactly?",
              "Melting point of velmorite?", "Hi"]
-
-
-@pytest.fixture(scope="module")
-def manager(tmp_path_factory, encoder):
-    skills = tmp_path_factory.mktemp("skills")
-    for i, name in enumerate(("brindlemark", "velmorite", "quillon")):
-        make_card(skills / f"{name}{SUFFIX}", name, encoder, seed=i + 1)
-    m = LoRAManager(load_tiny(seed=0), skills, LoRARouter(RouterConfig(), encoder))
-    m.scan()
-    return m
 
 
 def alone(manager: LoRAManager, skill: str | None, q: str, n: int):

@@ -34,6 +34,8 @@ from autodidact.serve.page import render_main, render_page
 from autodidact.serve.scheduler import Busy
 
 log = logging.getLogger(__name__)
+DISCONNECT_CHECK_S = 0.5
+"""How often a non-streamed request waiting for its answer checks that its client is still there."""
 
 
 def error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
@@ -137,8 +139,15 @@ def create_app(engine: ServeEngine, on_startup=None, on_shutdown=None) -> FastAP
             loop = asyncio.get_running_loop()
             done = asyncio.Event()
             pending = await run_in_threadpool(engine.submit, req, None, lambda: loop.call_soon_threadsafe(done.set))
-            await done.wait()
             row = pending.row
+            while not done.is_set():
+                try:
+                    await asyncio.wait_for(done.wait(), DISCONNECT_CHECK_S)
+                except TimeoutError:
+                    if await request.is_disconnected():  # nobody will read the answer: free the row now
+                        row.cancel()
+                        await done.wait()
+                        return error(499, "the client closed the request", code="client_closed")
             if row.finish == "error":
                 return error(500, f"decoding failed: {row.error}", type_="server_error")
             info = await run_in_threadpool(engine.finish, pending)
