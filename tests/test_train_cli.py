@@ -99,7 +99,8 @@ def test_hydra_records_the_run_config(run: Run) -> None:
          ["error: invalid trainer config", "trainer.lr must be > 0", "trainer.batch_size must be >= 1"]),
         (["+bogus=1", "card.dtype=int8", "model.threads=abc", "data.val_fraction=1.5"],
          ["error: invalid config", "bogus is not a setting (known: card", "card.dtype='int8' must be one of",
-          "model.threads='abc' should be int or null", "data.val_fraction=1.5 must be in [0, 1)"]),
+          "model.threads='abc' should be int or null", "data.val_fraction=1.5 must be in [0, 1)",
+          "or in conf/train.yaml, conf/model/*.yaml, conf/data/*.yaml"]),
     ],
     ids=["missing-data", "bad-trainer-lists-every-problem", "every-section-before-loading"],
 )

@@ -25,21 +25,25 @@ GROUPS = ("model", "lora", "trainer", "data", "teacher", "router", "logger", "se
 """Sections that are Hydra config groups: their settings live in conf/<section>/*.yaml."""
 
 
-def where_to_fix(sections: list[str]) -> str:
-    """The one line every config error ends with: how to change a setting, and which files hold them."""
+def where_to_fix(sections: list[str], top_file: str = "conf/config.yaml") -> str:
+    """The one line every config error ends with: how to change a setting, and which files hold them.
+
+    ``top_file``: the script's own config file, where its top-level keys and plain sections live.
+    """
     files = []
     for s in dict.fromkeys(sections):
         top = s.split(".")[0]
-        f = f"conf/{top}/*.yaml" if top in GROUPS else "conf/config.yaml"
+        f = f"conf/{top}/*.yaml" if top in GROUPS else top_file
         if f not in files:
             files.append(f)
-    return f"Fix them on the command line (key=value) or in {', '.join(files or ['conf/config.yaml'])}."
+    return f"Fix them on the command line (key=value) or in {', '.join(files or [top_file])}."
 
 
-def config_error(problems: list[str], sections: list[str], error: type[ConfigError] = ConfigError) -> ConfigError:
+def config_error(problems: list[str], sections: list[str], error: type[ConfigError] = ConfigError,
+                 top_file: str = "conf/config.yaml") -> ConfigError:
     """One error for every problem: ``invalid <section> config:`` (or ``invalid config:``), a line each."""
     head = f"invalid {sections[0]} config:" if len(set(sections)) == 1 else "invalid config:"
-    return error(head + "\n  - " + "\n  - ".join(problems) + "\n" + where_to_fix(sections), problems)
+    return error(head + "\n  - " + "\n  - ".join(problems) + "\n" + where_to_fix(sections, top_file), problems)
 
 
 def all_problems(obj: Any) -> list[str]:
@@ -93,7 +97,7 @@ def to_dataclass(cls: type[T], node: Any, where: str, ignore: tuple[str, ...] = 
 
 
 def check_sections(cfg: Any, sections: Mapping[str, type], top: type | None = None,
-                   passthrough: tuple[str, ...] = ()) -> dict[str, Any]:
+                   passthrough: tuple[str, ...] = (), top_file: str = "conf/config.yaml") -> dict[str, Any]:
     """Build every ``sections[name]`` from ``cfg[name]``; one ConfigError lists every problem of all.
 
     ``top``: the dataclass of ``cfg``'s own keys (returned under ``""``); then a key that is neither
@@ -111,7 +115,7 @@ def check_sections(cfg: Any, sections: Mapping[str, type], top: type | None = No
         problems += p
         bad += [name] * bool(p)
     if problems:
-        raise config_error(problems, bad)
+        raise config_error(problems, bad, top_file=top_file)
     return out
 
 

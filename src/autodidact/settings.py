@@ -375,6 +375,6 @@ def check_train_config(cfg: Any) -> TrainSettings:
     logger_cls = logger_config_class(cfg.get("logger"))
     if logger_cls is not None:
         sections["logger"] = logger_cls
-    built = check_sections(cfg, sections, top=TrainScriptConfig, passthrough=("logger",))
+    built = check_sections(cfg, sections, top=TrainScriptConfig, passthrough=("logger",), top_file="conf/train.yaml")
     logger = built.pop("logger", None) if logger_cls is not None else cfg.get("logger")
     return TrainSettings(run=built.pop(""), logger=logger, **built)
