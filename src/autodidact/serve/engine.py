@@ -132,7 +132,8 @@ class ServeEngine:
         row, r, skill = p.row, p.route, p.skill
         learning = p.learning
         # Only an adapter's answer is checked, as in Autodidact.ask: the base model's was verified.
-        weak = skill not in (None, BASE_SKILL) and row.finish == "stop" and self.detector.weak_answer(row.min_prob)
+        weak = (skill not in (None, BASE_SKILL) and row.finish in ("stop", "length")
+                and self.detector.weak_answer(row.min_prob))
         if weak:
             learning = self._learn(r, row.min_prob)
         info = {
