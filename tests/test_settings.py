@@ -85,9 +85,12 @@ def test_csv_logger_keys_are_checked():
         check_evolve_config(_compose("logger=csv", "logger.flush_logs_every_n_steps=often"))
 
 
-def test_sections_checked_elsewhere_pass_through():
-    # train.py's data section and serve mode's server section are not evolve.py's to refuse.
-    check_evolve_config(_compose("++data.anything=1", "++server.anything=1"))
+def test_train_pys_data_section_passes_through_and_serve_modes_server_section_is_checked():
+    check_evolve_config(_compose("++data.anything=1"))  # train.py's; evolve.py reads none of it
+    with pytest.raises(ConfigError) as info:
+        check_evolve_config(_compose("++server.bogus=1", "server.port=abc"))
+    port, bogus = info.value.problems
+    assert port == "server.port='abc' should be int" and bogus.startswith("server.bogus is not a setting (known: ")
 
 
 def test_checking_imports_nothing_heavy():

@@ -18,6 +18,7 @@ from typing import Any
 from autodidact.config import check_sections
 from autodidact.inference.router_config import RouterConfig
 from autodidact.learning_queue import QueuePolicy
+from autodidact.serve.config import ServerConfig
 from autodidact.teachers.settings import TeacherConfig
 
 MODEL_KINDS = ("smollm2", "tiny", "hf")
@@ -274,10 +275,11 @@ class EvolveConfig:
 EVOLVE_SECTIONS: dict[str, type] = {
     "model": ModelConfig, "lora": LoRAConfig, "trainer": TrainConfig, "teacher": TeacherConfig,
     "router": RouterConfig, "factory": FactoryConfig, "manager": ManagerConfig, "queue": QueuePolicy,
+    "server": ServerConfig,
 }
-PASSTHROUGH = ("data", "logger", "server")
-"""Top-level sections checked elsewhere: ``data`` is train.py's (unused by evolve.py), ``logger``
-by its class below, ``server`` by serve mode's own ``ServerConfig``."""
+PASSTHROUGH = ("data", "logger")
+"""Top-level sections not checked as one of the above: ``data`` is train.py's (evolve.py reads none of
+it), ``logger`` is checked by the class its ``_target_`` names (``logger_config_class``)."""
 
 
 @dataclass
@@ -293,6 +295,7 @@ class EvolveSettings:
     factory: FactoryConfig
     manager: ManagerConfig
     queue: QueuePolicy
+    server: ServerConfig
     logger: Any
     """WandbLoggerConfig, CSVLoggerConfig, None (logger=none) or the raw node of another class."""
 
