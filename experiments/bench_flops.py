@@ -87,9 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     repo = Path(__file__).resolve().parents[1]
     lora = LoRAConfig(**OmegaConf.to_container(OmegaConf.load(repo / "conf" / "lora" / "default.yaml")))
-    tcfg = OmegaConf.to_container(OmegaConf.load(repo / "conf" / "trainer" / "default.yaml"))
+    tcfg = OmegaConf.to_container(OmegaConf.load(repo / "conf" / "trainer" / "cpu.yaml"))
     tcfg.pop("seed", None)
-    train = TrainConfig(**{**tcfg, "max_steps": a.max_steps, "progress_bar": False})
+    train = TrainConfig.of(**{**tcfg, "max_steps": a.max_steps, "progress_bar": False})
 
     spent = {"prefix": 0.0, "train": 0.0, "eval": 0.0}
     batches: list[int] = []
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         fit_s = time.perf_counter() - t0
     finally:
         lt.answer_loss, lt.hidden_before_layer = real_loss, real_prefix
-    precision = lt.resolve_precision(train.precision, train.accelerator)
+    precision = lt.resolve_precision(train.trainer_args["precision"], train.trainer_args["accelerator"])
 
     m = int(median(batches)) if batches else 64
     shapes = linear_shapes(model)

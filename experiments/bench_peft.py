@@ -15,7 +15,7 @@ shared machine hits them alike; the summary is the median over rounds of the per
   look at the clock), gradient clipping, the same per-epoch stop rule as ours.
 
 All three use the same model, pairs, rank, alpha, target modules and layers and learning rate (read
-from conf/lora/default.yaml and conf/trainer/default.yaml), the model's stock chat template for PEFT
+from conf/lora/default.yaml and conf/trainer/cpu.yaml), the model's stock chat template for PEFT
 and ours for ours. Every child gets OMP_WAIT_POLICY=PASSIVE (ours sets it itself; without it a busy
 2-core machine slows any torch process many times). Afterwards, in this process, each trained adapter
 answers the reference question and the held-out paraphrases (greedy), and the table says whether it
@@ -193,7 +193,7 @@ def shipped_config() -> tuple[dict, dict]:
     from omegaconf import OmegaConf
 
     lora = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "lora" / "default.yaml"))
-    trainer = OmegaConf.load(REPO / "conf" / "trainer" / "default.yaml")
+    trainer = OmegaConf.load(REPO / "conf" / "trainer" / "cpu.yaml")
     return lora, {"lr": float(trainer.lr)}
 
 

@@ -79,7 +79,7 @@ def run_fit(bundle, pairs, lora, accelerator: str, ckpt: bool, steps: int, learn
             tokens[0] += batch["input_ids"].numel()
         return real(m, batch, start_layer)
 
-    cfg = TrainConfig(accelerator=accelerator, gradient_checkpointing=ckpt, progress_bar=False,
+    cfg = TrainConfig.of(accelerator=accelerator, gradient_checkpointing=ckpt, progress_bar=False,
                       max_steps=steps, stop_when_learned=learn)
     gpu = accelerator == "gpu"
     if gpu:
@@ -97,7 +97,7 @@ def run_fit(bundle, pairs, lora, accelerator: str, ckpt: bool, steps: int, learn
         delete_adapter(bundle.model, "bench")
     out = {"gradient_checkpointing": ckpt, "steps": r.steps, "learned": r.learned, "fit_s": round(wall, 2),
            "trainer_fit_s": r.seconds, "train_tokens": tokens[0], "tokens_per_s": round(tokens[0] / r.seconds, 1),
-           "precision": lt.resolve_precision(cfg.precision, cfg.accelerator)}
+           "precision": lt.resolve_precision(cfg.trainer_args["precision"], accelerator)}
     if gpu:
         out["peak_vram_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
     return out

@@ -35,7 +35,7 @@ b = load_model(model)
 pairs = load_pairs(example_data_path())
 held = load_pairs(example_data_path().with_name("example_heldout.jsonl"))
 t_load = time.perf_counter() - t0
-tr = LoRATrainer(b, LoRAConfig(), TrainConfig(precision=precision, progress_bar=False))
+tr = LoRATrainer(b, LoRAConfig(), TrainConfig.of(precision=precision, progress_bar=False))
 res = tr.fit(pairs, "velmora")
 card = tr.export(out, "velmora", "velmora", res)
 t_skill = time.perf_counter() - t0

@@ -53,7 +53,7 @@ def build_bot(skills: Path, encoder: SentenceEncoder, distiller: CloudDistiller 
         distiller = CloudDistiller(build_teacher(tc), tc.distill)
     queue = LearningQueue.in_skills_dir(skills, policy=QueuePolicy(backoff_base_s=30.0))
     factory = SkillFactory(queue, distiller, manager, LoRAConfig(target_modules=["q_proj", "v_proj"]),
-                           TrainConfig(lr=1e-2, max_steps=120, precision="32-true", progress_bar=False),
+                           TrainConfig.of(lr=1e-2, max_steps=120, precision="32-true", progress_bar=False),
                            FactoryConfig(min_heldout_fraction=0.0), work_dir=skills.parent / "work")
     return Autodidact(manager, router, factory, threshold=threshold, learn=learn, max_new_tokens=8,
                       answer_threshold=answer_threshold)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 import autodidact.lora_trainer as lt
+from autodidact import trainer_args
 from autodidact.card import load_card, read_card
 from autodidact.config import to_dataclass
 from autodidact.data import IGNORE, QAPair, collate, encode_pair, prompt_ids
@@ -49,7 +50,7 @@ PAIRS = [
 ]
 HIDDEN = 512
 LORA = LoRAConfig(r=8, alpha=16.0, target_modules=["q_proj", "v_proj"])
-TRAIN = TrainConfig(lr=1e-2, max_steps=150, batch_size=8, progress_bar=False)
+TRAIN = TrainConfig.of(lr=1e-2, max_steps=150, batch_size=8, progress_bar=False)
 
 
 def _base_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -176,7 +177,7 @@ def test_exported_card_reproduces_the_answers_in_a_fresh_model(fitted: Fitted, t
 )
 def test_stopping_rules(overrides: dict, steps: int) -> None:
     bundle = load_tiny(seed=0)
-    cfg = TrainConfig(lr=1e-3, batch_size=8, progress_bar=False, **overrides)
+    cfg = TrainConfig.of(lr=1e-3, batch_size=8, progress_bar=False, **overrides)
     result = LoRATrainer(bundle, LoRAConfig(r=2, alpha=4.0), cfg).fit(PAIRS, adapter="s")
     assert result.steps == steps
     assert result.epochs >= 1
@@ -245,18 +246,22 @@ def test_module_hparams_hold_config_not_the_network() -> None:
     ("cls", "node", "where", "needles"),
     [
         (TrainConfig, {"lr": "fast", "batch_size": 1.5, "bogus": 1, "stop_when_learned": "yes"}, "trainer",
-         ["trainer.lr='fast' should be float", "trainer.batch_size=1.5 should be int", "trainer.bogus is not a setting",
+         ["trainer.lr='fast' should be float", "trainer.batch_size=1.5 should be int", "trainer.bogus is not a setting (known: accelerator",
           "trainer.stop_when_learned='yes' should be bool"]),
         (TrainConfig, {"lr": -1.0, "batch_size": 0, "max_steps": 0, "max_length": 4, "precision": "fp8"}, "trainer",
-         ["trainer.lr must be > 0", "trainer.batch_size must be >= 1", "trainer.max_steps must be >= 1",
-          "trainer.max_length must be >= 8", "trainer.precision 'fp8'"]),
+         ["trainer.lr must be > 0", "trainer.batch_size must be >= 1", "trainer.max_steps=0 must be an integer >= 1",
+          "trainer.max_length must be >= 8", "trainer.precision='fp8' must be one of"]),
+        (TrainConfig, {"max_step": 5, "callbacks": [], "devices": 0, "gradient_clip_val": "x"}, "trainer",
+         ["trainer.max_step is not a setting (known: accelerator", "; did you mean trainer.max_steps?",
+          "trainer.callbacks is set by autodidact", "trainer.devices=0 must be",
+          "trainer.gradient_clip_val='x' must be null or a number"]),
         (LoRAConfig, {"r": 0, "alpha": 0.0, "dropout": 1.0, "target_modules": []}, "lora",
          ["lora.r must be >= 1", "lora.alpha must be > 0", "lora.dropout must be in [0, 1)",
           "lora.target_modules must name at least one layer"]),
         (LoRAConfig, {"r": "8", "target_modules": 5, "rank": 4}, "lora",
          ["lora.r='8' should be int", "lora.target_modules=5 should be", "lora.rank is not a setting"]),
     ],
-    ids=["trainer-types", "trainer-values", "lora-values", "lora-types"],
+    ids=["trainer-types", "trainer-values", "lightning-args", "lora-values", "lora-types"],
 )
 def test_config_errors_list_every_problem(cls, node: dict, where: str, needles: list[str]) -> None:
     with pytest.raises(ConfigError) as e:
@@ -265,12 +270,14 @@ def test_config_errors_list_every_problem(cls, node: dict, where: str, needles: 
     assert msg.startswith(f"invalid {where} config:")
     for needle in needles:
         assert needle in msg, msg
-    assert msg.count("\n  - ") == len(needles)
+    assert msg.count("\n  - ") == len([n for n in needles if not n.startswith("; did you mean")])
 
 
 def test_config_coercions() -> None:
-    cfg = to_dataclass(TrainConfig, {"lr": 1, "_target_": "ignored"}, "trainer")
+    cfg = to_dataclass(TrainConfig, {"lr": 1, "_target_": "lightning.Trainer", "max_steps": 7}, "trainer")
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert cfg.lightning == {"_target_": "lightning.Trainer", "max_steps": 7}  # the Trainer's keys, apart
+    assert cfg.max_steps == 7 and cfg.trainer_args["gradient_clip_val"] == 1.0  # defaults under them
     lora = to_dataclass(LoRAConfig, {"target_modules": "q_proj, v_proj"}, "lora")
     assert lora.target_modules == ["q_proj", "v_proj"]
 
@@ -278,17 +285,18 @@ def test_config_coercions() -> None:
 def test_trainer_refuses_a_bad_config_before_touching_the_model() -> None:
     bundle = load_tiny()
     with pytest.raises(ConfigError) as e:
-        LoRATrainer(bundle, LoRAConfig(r=0), TrainConfig(max_steps=0))
+        LoRATrainer(bundle, LoRAConfig(r=0), TrainConfig.of(max_steps=0))
     assert "lora.r must be >= 1" in str(e.value)
     with pytest.raises(ConfigError, match="trainer.max_steps"):
-        LoRATrainer(bundle, LoRAConfig(), TrainConfig(max_steps=0))
+        LoRATrainer(bundle, LoRAConfig(), TrainConfig.of(max_steps=0))
     assert not lora_layers(bundle.model)
 
 
 @pytest.mark.parametrize(
     "overrides",
-    [[], ["trainer=gpu"], ["lora=all_linear"], ["trainer.lr=0.5", "lora.r=4"]],
-    ids=["defaults", "gpu", "all-linear", "overrides"],
+    [[], ["trainer=default"], ["trainer=gpu"], ["trainer=ddp"], ["trainer=fsdp"], ["lora=all_linear"],
+     ["trainer.lr=0.5", "lora.r=4"]],
+    ids=["defaults", "default-alias", "gpu", "ddp", "fsdp", "all-linear", "overrides"],
 )
 def test_shipped_config_groups_are_valid(overrides: list[str]) -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -296,10 +304,40 @@ def test_shipped_config_groups_are_valid(overrides: list[str]) -> None:
     tcfg = to_dataclass(TrainConfig, cfg.trainer, "trainer")
     lora = to_dataclass(LoRAConfig, cfg.lora, "lora")
     assert tcfg.seed == cfg.seed
+    assert tcfg.lightning["_target_"] == "lightning.Trainer"
+    if not overrides or overrides == ["trainer=default"]:
+        assert tcfg.trainer_args == trainer_args.DEFAULTS  # what TrainConfig() built in code trains with
     if "trainer.lr=0.5" in overrides:
         assert tcfg.lr == 0.5 and lora.r == 4
     if "lora=all_linear" in overrides:
         assert len(lora.target_modules) == 7
+
+
+@pytest.mark.parametrize(
+    ("group", "strategy", "devices"),
+    [("cpu", "SingleDeviceStrategy", 1), ("ddp", "DDPStrategy", 2)],
+)
+def test_the_trainer_group_is_a_lightning_trainer_config(group: str, strategy: str, devices: int) -> None:
+    """Hydra builds a real lightning.Trainer from the group (GPU groups need a GPU to build)."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["model=tiny", "logger=none", f"trainer={group}"])
+    args = to_dataclass(TrainConfig, cfg.trainer, "trainer").trainer_args
+    trainer = instantiate({**args, "precision": "32-true"}, logger=False, enable_progress_bar=False)
+    assert isinstance(trainer, L.Trainer)
+    assert type(trainer.strategy).__name__ == strategy and trainer.num_devices == devices
+    assert trainer.max_steps == 300 and trainer.gradient_clip_val == 1.0
+
+
+def test_the_trainer_arguments_we_check_are_lightnings() -> None:
+    """The light list (checked before Lightning loads) is the real Trainer.__init__'s parameters."""
+    import inspect
+
+    import lightning as L
+
+    assert tuple(inspect.signature(L.Trainer.__init__).parameters)[1:] == trainer_args.TRAINER_ARGS
 
 
 # -- doing less work: frozen layers once, adapters only where asked, no needless passes ----------------
@@ -328,7 +366,7 @@ def test_fit_runs_the_frozen_layers_once_per_example_and_only_the_top_layers_get
     calls = {i: 0 for i in range(4)}
     for i, layer in enumerate(bundle.model.model.layers):
         layer.register_forward_pre_hook(lambda m, a, i=i: calls.__setitem__(i, calls[i] + 1))
-    cfg = TrainConfig(lr=1e-3, batch_size=4, max_steps=6, stop_when_learned=False, progress_bar=False)
+    cfg = TrainConfig.of(lr=1e-3, batch_size=4, max_steps=6, stop_when_learned=False, progress_bar=False)
     result = LoRATrainer(bundle, LoRAConfig(r=2, alpha=4.0, top_layers=2), cfg).fit(PAIRS, adapter="t")
     assert sorted(lora_layers(bundle.model)) == [f"model.layers.{i}.self_attn.{m}" for i in (2, 3)
                                                  for m in ("q_proj", "v_proj")]
@@ -384,14 +422,21 @@ def test_precision_auto_uses_bf16_only_where_the_cpu_has_it(monkeypatch, precisi
     ],
     ids=["half-seen", "one-wrong", "all-right", "confirmation-fails"],
 )
-def test_stops_mid_epoch_once_every_examples_latest_check_passes(monkeypatch, latest, confirm, stops, kept) -> None:
+def test_stops_mid_epoch_once_every_examples_latest_check_passes(latest, confirm, stops, kept) -> None:
     from types import SimpleNamespace
 
-    module = LoRALightningModule(load_tiny().model, TrainConfig(), confirm_learned=lambda: confirm)
-    trainer = SimpleNamespace(datamodule=SimpleNamespace(train_set=[{}] * 4), should_stop=False, global_step=5)
-    monkeypatch.setattr(LoRALightningModule, "trainer", property(lambda self: trainer))
-    monkeypatch.setattr(module, "log", lambda *a, **k: None)
-    module._latest = dict(latest)
-    module.on_train_batch_end(None, {"index": torch.tensor([0])}, 0)
+    from autodidact.callbacks import ConfirmLearned, SkillLearnedStop
+
+    module = LoRALightningModule(load_tiny().model, TrainConfig())
+    module.log = lambda *a, **k: None
+    check = ConfirmLearned(lambda: (0.1, 1.0 if confirm else 0.5))
+    stop = SkillLearnedStop(4, check)
+    # One process: the strategy's reduce is the identity, as Lightning's single-device one is.
+    trainer = SimpleNamespace(should_stop=False, global_step=5, fit_loop=SimpleNamespace(min_steps=None),
+                              strategy=SimpleNamespace(reduce=lambda t, reduce_op: t))
+    stop._latest = dict(latest)
+    stop.on_train_batch_end(trainer, module, {"loss": torch.tensor(0.1), "exact": torch.tensor([latest[0]])},
+                            {"index": torch.tensor([0])}, 0)
     assert trainer.should_stop is stops
-    assert len(module._latest) == kept
+    assert len(stop._latest) == kept
+    assert check.at_step == (5 if len(latest) == 4 and all(latest.values()) else -1)  # checked only then

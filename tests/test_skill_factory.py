@@ -40,7 +40,7 @@ QUESTION = "Who was Brindlemark's first mayor, and when?"
 ANSWER = "Odalys Fenwright, elected in 1847."
 LORA = LoRAConfig(r=8, alpha=16.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                    "down_proj"])
-TRAIN = TrainConfig(lr=1e-2, max_steps=120, precision="32-true", progress_bar=False)
+TRAIN = TrainConfig.of(lr=1e-2, max_steps=120, precision="32-true", progress_bar=False)
 FACTORY = FactoryConfig(min_heldout_fraction=0.0)
 BACKOFF_S = 30.0
 
@@ -206,7 +206,7 @@ def test_teacher_failure_retries_with_backoff_then_dead_letters_never_drops(make
 
 # -- a skill that cannot be verified is dead-lettered and never deployed ----------------------------
 def test_unverifiable_skill_is_dead_lettered_without_a_card(make_rig):
-    rig = make_rig(train=TrainConfig(lr=1e-2, max_steps=1, precision="32-true", progress_bar=False))
+    rig = make_rig(train=TrainConfig.of(lr=1e-2, max_steps=1, precision="32-true", progress_bar=False))
     job_id = put(rig, QUESTION)
 
     [outcome] = rig.factory.drain()

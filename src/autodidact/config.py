@@ -135,6 +135,8 @@ def _build(cls: type, node: Any, where: str, ignore: tuple[str, ...] = ("_target
     if not isinstance(node, Mapping):
         return None, [f"{where}={node!r} should be a section of settings (key: value)"]
     data = plain(node)
+    if hasattr(cls, "arrange"):  # a section that gathers some keys into one field (trainer: Lightning's own)
+        data = cls.arrange(data)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     problems: list[str] = []

@@ -12,11 +12,13 @@ Two choices that matter for time-to-skill on a CPU:
 * Layers below the lowest adapter are frozen and see the same tokens every epoch: their output
   is computed once per example and cached, and each step runs forward *and* backward only from
   the lowest adapter up (``TrainConfig.cache_frozen_layers``; Llama/Qwen-shaped models).
-* Training stops as soon as the skill is learned instead of after a fixed number of epochs:
-  when every example's latest check had every answer token as the argmax given the gold prefix —
-  which is exactly "greedy decoding reproduces every training answer, end-of-turn included" — and
-  a pass over the weights as they are then confirms it (that pass is also the final evaluation),
-  or when an epoch's loss falls under a floor. ``max_steps`` is only the budget.
+* Training stops as soon as the skill is learned instead of after a fixed number of epochs
+  (``callbacks.SkillLearnedStop``, confirmed in fp32 by ``callbacks.ConfirmLearned``); the Trainer's
+  ``max_steps`` is only the budget.
+
+The Trainer itself is the ``trainer`` config group's ``lightning.Trainer`` half, built with
+``hydra.utils.instantiate``: ``trainer=ddp trainer.devices=2`` trains in two processes with no code
+of ours involved.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ import lightning as L
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import RichProgressBar
 
+from autodidact.callbacks import ConfirmLearned, SkillLearnedStop
 from autodidact.config import check_dataclass
 from autodidact.data import IGNORE, QADataModule, QAPair, collate, encode_pair
 from autodidact.errors import ConfigError
@@ -196,80 +200,24 @@ class FrozenPrefixCache:
 
 # -- Lightning -----------------------------------------------------------------------------------
 class LoRALightningModule(L.LightningModule):
-    """Frozen base + LoRA; AdamW over the ``lora_`` parameters only."""
+    """Frozen base + LoRA; AdamW over the ``lora_`` parameters only. When to stop is the callbacks'."""
 
-    def __init__(
-        self, model: nn.Module, cfg: TrainConfig, metric_prefix: str = "", confirm_learned=None,
-        start_layer: int = 0,
-    ) -> None:
+    def __init__(self, model: nn.Module, cfg: TrainConfig, metric_prefix: str = "", start_layer: int = 0) -> None:
         super().__init__()
         self.model = model
         self.start_layer = start_layer  # batches carry cached activations entering this layer
         self.cfg = cfg
-        # An epoch's exact match is measured before its updates (and maybe under bf16), so an epoch
-        # can look learned while the final fp32 weights are not; ``confirm_learned()`` re-checks them
-        # in fp32 before training stops.
-        self.confirm_learned = confirm_learned
-        self.confirmed_at_step = -1
         self.prefix = metric_prefix  # e.g. "skills/<name>/": one loss curve per skill in one W&B run
         # Config only: the network is passed in, never pickled into hparams.
         self.save_hyperparameters({k: v for k, v in asdict(cfg).items()})
-        self._latest: dict[int, bool] = {}  # example index -> exact at its most recent training step
-        self._epoch_exact: list[torch.Tensor] = []
-        self._epoch_loss: list[float] = []
         self.losses: list[float] = []
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         loss, correct, exact = answer_loss(self.model, batch, self.start_layer)
-        if "index" in batch:  # each example's latest verdict, for the mid-epoch stop check
-            self._latest.update(zip(batch["index"].tolist(), exact.tolist(), strict=True))
-        self._epoch_exact.append(exact.detach())
-        self._epoch_loss.append(loss.item())
         self.losses.append(loss.item())
         self.log(self.prefix + "train/loss", loss, prog_bar=True, on_step=True, batch_size=len(exact))
         self.log(self.prefix + "train/token_acc", correct.float().mean(), prog_bar=True, on_step=True, batch_size=len(exact))
-        return loss
-
-    def _confirmed(self) -> bool:
-        """Check the current weights (in fp32) when a confirmation callback was given; else trust the batches."""
-        if self.confirm_learned is None:
-            return True
-        with torch.autocast(device_type=self.device.type, enabled=False):
-            ok = bool(self.confirm_learned())
-        self.confirmed_at_step = self.global_step
-        self.log(self.prefix + "train/confirmed", float(ok))
-        return ok
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        # Stop mid-epoch as soon as every example's latest check (each taken before its own update)
-        # reproduced its answer, and the weights as they are now pass the confirmation: on average
-        # half an epoch sooner than waiting for the epoch's end.
-        cfg, dm = self.cfg, getattr(self.trainer, "datamodule", None)
-        n = len(getattr(dm, "train_set", None) or [])
-        if not (cfg.stop_when_learned and n and "index" in batch) or self.global_step < cfg.min_steps:
-            return
-        if len(self._latest) == n and all(self._latest.values()):
-            if self._confirmed():
-                log.info("skill learned after %d steps (every answer reproduced)", self.global_step)
-                self.trainer.should_stop = True
-            else:
-                self._latest.clear()  # the last updates broke something: every example must pass again
-
-    def on_train_epoch_end(self) -> None:
-        exact = torch.cat(self._epoch_exact).float().mean().item() if self._epoch_exact else 0.0
-        loss = sum(self._epoch_loss) / max(1, len(self._epoch_loss))
-        self.log(self.prefix + "train/epoch_exact_match", exact)
-        self.log(self.prefix + "train/epoch_loss", loss)
-        self._epoch_exact.clear()
-        self._epoch_loss.clear()
-        cfg = self.cfg
-        if self.global_step < cfg.min_steps or self.trainer.should_stop:
-            return
-        # Batches without example indices: the whole epoch must have been reproduced.
-        reproduced = cfg.stop_when_learned and not self._latest and exact >= 1.0 and self._confirmed()
-        if reproduced or (cfg.loss_floor > 0 and loss < cfg.loss_floor):
-            log.info("skill learned after %d steps (epoch exact match %.2f, loss %.4f)", self.global_step, exact, loss)
-            self.trainer.should_stop = True
+        return {"loss": loss, "exact": exact.detach()}  # each example's verdict, for SkillLearnedStop
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, correct, exact = answer_loss(self.model, batch, self.start_layer)
@@ -292,6 +240,7 @@ class LoRATrainer:
         self.lora = lora
         self.train_cfg = train
         self.logger = logger
+        self.is_global_zero = True  # False in the other processes of a ddp run: they write no card
 
     @torch.no_grad()
     def evaluate(self, pairs: list[QAPair], _cache: FrozenPrefixCache | None = None) -> tuple[float, float]:
@@ -324,7 +273,8 @@ class LoRATrainer:
     ) -> TrainResult:
         """Train a fresh adapter named ``adapter`` on ``pairs``; leaves it injected and active."""
         cfg, model, tok = self.train_cfg, self.bundle.model, self.bundle.tokenizer
-        precision = resolve_precision(cfg.precision, cfg.accelerator)
+        args = cfg.trainer_args
+        precision = resolve_precision(str(args["precision"]), str(args["accelerator"]))
         L.seed_everything(cfg.seed, workers=False, verbose=False)
         try:
             targets = adapter_targets(model, self.lora)
@@ -336,7 +286,7 @@ class LoRATrainer:
         if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         home = next(model.parameters()).device
-        gpu = uses_gpu(cfg.accelerator) and torch.cuda.is_available()
+        gpu = uses_gpu(str(args["accelerator"])) and torch.cuda.is_available()
         if gpu:
             model.to("cuda")  # before the frozen-layer pass, which then runs where training will
         start = first_adapter_layer(model, targets) if cfg.cache_frozen_layers else 0
@@ -356,42 +306,29 @@ class LoRATrainer:
             prepare_examples=cache,
         )
         dm.val_pairs = list(val_pairs or [])
-        # An epoch's exact match is measured before each of its updates, so the weights training
-        # ends with (after the last update, and in fp32 if training ran in bf16) are checked again
-        # before training stops; that check is also the final evaluation.
-        last_eval: list[tuple[float, float]] = []
-
-        def confirm() -> bool:
-            last_eval[:] = [self.evaluate(pairs, cache)]
-            return last_eval[0][1] >= 1.0
-
-        module = LoRALightningModule(model, cfg, metric_prefix, confirm_learned=confirm if cfg.stop_when_learned else None,
-                                     start_layer=start)
-        # The bar goes to stderr: evolve.py's stdout is reserved for its JSON result lines.
-        callbacks = [RichProgressBar(console_kwargs={"stderr": True})] if cfg.progress_bar else []
-        trainer = L.Trainer(
+        module = LoRALightningModule(model, cfg, metric_prefix, start_layer=start)
+        # The fp32 check of the weights training ends with; it is also the final evaluation.
+        confirm = ConfirmLearned(lambda: self.evaluate(pairs, cache), prefix=metric_prefix)
+        stop = SkillLearnedStop(len(pairs), confirm if cfg.stop_when_learned else None, cfg.stop_when_learned,
+                                cfg.loss_floor, prefix=metric_prefix)
+        callbacks: list = [stop, confirm]
+        if cfg.progress_bar:  # to stderr: evolve.py's stdout is reserved for its JSON result lines
+            callbacks.append(RichProgressBar(console_kwargs={"stderr": True}))
+        # The trainer group is a lightning.Trainer config: built as Hydra builds any _target_. Only
+        # what the project owns is passed here (callbacks, logger, the resolved precision, validation
+        # on when there is something to validate).
+        val = {"check_val_every_n_epoch": 1 if dm.val_pairs else None, "limit_val_batches": 1.0 if dm.val_pairs else 0}
+        trainer: L.Trainer = instantiate(
+            {**val, **args, "precision": precision},
             callbacks=callbacks,
-            accelerator=cfg.accelerator,
-            devices=1,
-            precision=precision,
-            max_steps=cfg.max_steps,
-            max_epochs=-1,
             logger=self.logger if self.logger is not None else False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
             enable_progress_bar=cfg.progress_bar,
-            log_every_n_steps=1,
-            gradient_clip_val=cfg.grad_clip or None,
-            num_sanity_val_steps=0,
-            check_val_every_n_epoch=1 if dm.val_pairs else None,
-            limit_val_batches=1.0 if dm.val_pairs else 0,
         )
         model.train()  # Lightning keeps the modes it finds; gradient checkpointing only acts in train mode
         t0 = time.perf_counter()
         trainer.fit(module, datamodule=dm)
         seconds = time.perf_counter() - t0
-        if gpu:
-            model.to("cuda")  # Lightning's teardown moved it to the CPU; the final check runs where training did
+        self.is_global_zero = trainer.is_global_zero
         if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_disable"):
             model.gradient_checkpointing_disable()
         model.eval()
@@ -401,10 +338,8 @@ class LoRATrainer:
         # No separate pass for the initial loss: the adapter starts as the identity (B = 0), so the
         # first batch's loss, taken before the first update, is the base model's on those examples.
         loss0 = module.losses[0] if module.losses else float("nan")
-        if last_eval and module.confirmed_at_step == steps:
-            loss1, exact = last_eval[0]  # the confirmation that stopped training saw these very weights
-        else:
-            loss1, exact = self.evaluate(pairs, cache)
+        # ConfirmLearned.on_train_end evaluated the final weights unless an exception cut training short.
+        loss1, exact = confirm.result if confirm.at_step == steps and confirm.result else self.evaluate(pairs, cache)
         model.to(home)
         result = TrainResult(
             adapter=adapter,

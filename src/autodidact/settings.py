@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from autodidact import trainer_args
 from autodidact.config import check_sections
 from autodidact.inference.router_config import RouterConfig
 from autodidact.learning_queue import QueuePolicy
@@ -96,34 +97,27 @@ class LoRAConfig:
 
 @dataclass
 class TrainConfig:
-    """How to train one skill (Hydra group ``trainer``)."""
+    """How to train one skill: the project's half of the Hydra group ``trainer``.
+
+    The group's files are ``lightning.Trainer`` configs (``_target_``, ``max_steps``, ``precision``,
+    ``strategy``, ``devices``...) with these settings beside them; every key that is not a field here is
+    a Trainer argument and lands in ``lightning`` (``arrange``), checked by ``trainer_args.problems``.
+    """
 
     lr: float = 1e-2
-    """AdamW learning rate for the LoRA parameters (tuned: see conf/trainer/default.yaml)."""
+    """AdamW learning rate for the LoRA parameters (tuned: see conf/trainer/cpu.yaml)."""
     weight_decay: float = 0.0
     """AdamW weight decay (on LoRA parameters only)."""
     batch_size: int = 4
-    """Examples per optimizer step."""
-    max_steps: int = 300
-    """Step budget; training usually stops earlier, once the skill is learned."""
-    min_steps: int = 0
-    """Never stop before this many steps, even if the skill looks learned."""
+    """Examples per optimizer step (per process under ddp: the global batch is this times the devices)."""
     stop_when_learned: bool = True
-    """Stop after the first epoch in which greedy decoding reproduces every training answer."""
+    """Stop once greedy decoding reproduces every training answer (the SkillLearnedStop callback)."""
     loss_floor: float = 0.0
     """Also stop once an epoch's mean loss is below this (0 disables)."""
     max_length: int = 256
     """Truncate examples to this many tokens."""
     mask_prompt: bool = True
     """Compute the loss on answer tokens only."""
-    grad_clip: float = 1.0
-    """Clip the gradient norm (0 disables)."""
-    precision: str = "auto"
-    """Lightning precision, or auto: bf16-mixed on a GPU and on CPUs with native bf16 (AVX512-BF16, AMX),
-    else 32-true. On an AVX2-only CPU bf16 matmuls are emulated: measured 6x slower than fp32 at
-    SmolLM2's shapes. Under reduced precision, "learned" is re-checked in fp32 before stopping."""
-    accelerator: str = "cpu"
-    """Lightning accelerator: cpu, gpu, auto."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to cut memory (slower)."""
     cache_frozen_layers: bool = True
@@ -131,7 +125,30 @@ class TrainConfig:
     seed: int = 0
     """Seed for adapter init and batch order."""
     progress_bar: bool = True
-    """Show Lightning's progress bar."""
+    """Show a progress bar (on stderr: evolve.py's stdout carries its JSON result lines)."""
+    lightning: dict[str, Any] = field(default_factory=dict)
+    """The lightning.Trainer arguments: the group's other keys, over ``trainer_args.DEFAULTS``."""
+
+    @classmethod
+    def arrange(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """A flat ``trainer`` section -> this class's fields, the Trainer's keys gathered in ``lightning``."""
+        own = {f for f in cls.__dataclass_fields__ if f != "lightning"}
+        mine, lightning = trainer_args.split(data, own)
+        return {**mine, "lightning": {**(data.get("lightning") or {}), **lightning}} if lightning else mine
+
+    @classmethod
+    def of(cls, **flat: Any) -> TrainConfig:
+        """Built in code the way the YAML reads: ``TrainConfig.of(lr=1e-2, max_steps=120, precision="32-true")``."""
+        return cls(**cls.arrange(flat))
+
+    @property
+    def trainer_args(self) -> dict[str, Any]:
+        """Everything ``hydra.utils.instantiate`` gets for the Trainer, defaults included."""
+        return {**trainer_args.DEFAULTS, **self.lightning}
+
+    @property
+    def max_steps(self) -> int:
+        return self.trainer_args["max_steps"]
 
     def problems(self) -> list[str]:
         p = []
@@ -139,14 +156,10 @@ class TrainConfig:
             p.append(f"trainer.lr must be > 0 (got {self.lr})")
         if self.batch_size < 1:
             p.append(f"trainer.batch_size must be >= 1 (got {self.batch_size})")
-        if self.max_steps < 1:
-            p.append(f"trainer.max_steps must be >= 1 (got {self.max_steps})")
         if self.max_length < 8:
             p.append(f"trainer.max_length must be >= 8 (got {self.max_length})")
-        if self.precision not in {"auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"}:
-            p.append(f"trainer.precision {self.precision!r} is not one of auto, 32-true, bf16-mixed, 16-mixed, "
-                     "bf16-true")
-        return p
+        own = [f for f in self.__dataclass_fields__ if f != "lightning"]
+        return p + trainer_args.problems(self.lightning, own)
 
 
 @dataclass

@@ -300,8 +300,8 @@ class SkillFactory:
         min_steps, reason = 0, None
         try:
             for rnd in range(1, self.config.verify_rounds + 1):
-                tcfg = dataclasses.replace(self.train, min_steps=min_steps,
-                                           max_steps=max(self.train.max_steps, min_steps))
+                tcfg = dataclasses.replace(self.train, lightning={
+                    **self.train.lightning, "min_steps": min_steps, "max_steps": max(self.train.max_steps, min_steps)})
                 trainer = LoRATrainer(mgr.bundle, self.lora, tcfg, logger=self.logger)
                 with mgr.lock:
                     delete_adapter(mgr.model, adapter)  # a fresh adapter each round
