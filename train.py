@@ -36,7 +36,8 @@ def main(cfg: DictConfig) -> None:
     except AutodidactError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    print("\n".join(summary.lines()))
+    if summary is not None:  # None: a ddp process other than the first
+        print("\n".join(summary.lines()))
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ class TrainSummary:
         ]
 
 
-def train(cfg: DictConfig, run_dir: Path) -> TrainSummary:
+def train(cfg: DictConfig, run_dir: Path) -> TrainSummary | None:
     s = check_train_config(cfg)
     data_path = Path(s.data.path) if s.data.path else example_data_path()
     pairs = load_pairs(data_path)
@@ -94,6 +94,8 @@ def train(cfg: DictConfig, run_dir: Path) -> TrainSummary:
     n_val = int(round(len(pairs) * s.data.val_fraction))
     val, train_pairs = pairs[:n_val], pairs[n_val:]
     result = trainer.fit(train_pairs, adapter=skill, val_pairs=val)
+    if not trainer.is_global_zero:
+        return None  # another process of a ddp run: the first one writes the card and the summary
     path = trainer.export(card_path, adapter=skill, skill=skill, result=result, dtype=s.run.card.dtype)
     if logger is not None:
         logger.log_metrics({"card/bytes": path.stat().st_size, "train/seconds": result.seconds})
