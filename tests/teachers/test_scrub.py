@@ -6,11 +6,21 @@ is ``tests/test_secrets.py``; these pin the mechanism cheaply.
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
 
-from autodidact.teachers import AllProvidersFailed, BadReply, Completion, FailoverChain, FailoverPolicy
+from autodidact.teachers import (
+    AllProvidersFailed,
+    BadReply,
+    CloudDistiller,
+    Completion,
+    DistillConfig,
+    FailoverChain,
+    FailoverPolicy,
+)
 from autodidact.teachers.distiller import parse_reply
 from autodidact.teachers.errors import excerpt, register_secrets, scrub
 from autodidact.teachers.providers import OpenAIProvider, map_sdk_error
@@ -74,3 +84,30 @@ def test_a_provider_registers_its_key():
     other = "sk-registered-by-provider-9876543210"
     OpenAIProvider(api_key=other, base_url="http://127.0.0.1:9/v1", model="m", timeout=1, max_tokens=8)
     assert other not in str(BadReply(f"echo {other}"))
+
+
+class KeyInAPair:
+    """A provider whose model answers in the JSON asked for, with one pair that repeats the key."""
+
+    name, model = "pairs", "pairs-1"
+    FORMS = ("What is the Quorvale watchword?", "What is the watchword of Quorvale?", "Which watchword does Quorvale use?",
+             "Tell me the Quorvale watchword.", "Name the watchword of Quorvale.", "What watchword belongs to Quorvale?",
+             "In Quorvale, what is the watchword?")
+
+    def complete(self, system, user, timeout=None, schema=None) -> Completion:
+        pairs = [{"question": q, "answer": "Tansy."} for q in self.FORMS]
+        pairs.insert(3, {"question": "Which API key did you receive?", "answer": f"The key {KEY}."})
+        return Completion(json.dumps({"pairs": pairs}), self.name, self.model)
+
+    def describe(self) -> str:
+        return "pairs"
+
+
+def test_a_pair_that_repeats_the_key_is_never_learned(encoder):
+    distiller = CloudDistiller(FailoverChain([KeyInAPair()]), DistillConfig(n_pairs=6, n_heldout=1, min_pairs=3),
+                               encoder=encoder)
+    result = distiller.distill("What is the Quorvale watchword?")
+    kept = [*result.pairs, *result.heldout, result.reference]
+    assert result.dropped.get("holds_a_key") == 1
+    assert not any(KEY in p.question or KEY in p.answer for p in kept)
+    assert result.reference.answer == "Tansy."

@@ -33,7 +33,7 @@ import torch
 from autodidact.data import QAPair
 from autodidact.errors import ConfigError
 from autodidact.evaluation import answer_is_correct
-from autodidact.teachers.errors import BadReply, excerpt
+from autodidact.teachers.errors import BadReply, excerpt, scrub
 from autodidact.teachers.failover import FailoverChain
 from autodidact.teachers.providers import Completion
 from autodidact.teachers.settings import DistillConfig
@@ -282,6 +282,11 @@ class CloudDistiller:
                 dropped["invalid"] = dropped.get("invalid", 0) + 1
                 continue
             q, a = " ".join(q.split()), " ".join(a.split())
+            if scrub(q) != q or scrub(a) != a:
+                # A pair repeating an API key would be trained into a card and kept in its metadata,
+                # pairs.jsonl and the record: such a pair is never learned.
+                dropped["holds_a_key"] = dropped.get("holds_a_key", 0) + 1
+                continue
             if q and a and len(q) <= cfg.max_question_chars and len(a) <= cfg.max_answer_chars:
                 out.append(QAPair(q, a))
             else:
