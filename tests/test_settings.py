@@ -30,7 +30,7 @@ def _compose(*overrides: str):
 
 
 @pytest.mark.parametrize("overrides", [
-    [], ["model=tiny"], ["model=hf", "model.path=/some/folder"], ["lora=all_linear"], ["trainer=gpu"],
+    [], ["model=tiny"], ["model=hf", "model.path=/some/folder"], ["lora=all_linear"], ["trainer=gpu"], ["trainer=default"],
     ["teacher=offline"], ["teacher=replay", "teacher.path=t.jsonl"], ["teacher=failover"], ["logger=csv"],
     ["logger=none"], ["+experiment=threshold_sweep"], ["+experiment=demo_offline"],
 ], ids=lambda o: " ".join(o) or "defaults")
@@ -114,3 +114,11 @@ def test_evolve_py_reports_a_config_error_before_importing_torch(tmp_path):
     imported = {line.rsplit("|", 1)[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
     assert "autodidact.settings" in imported
     assert not {"torch", "transformers", "lightning", "openai", "anthropic"} & imported
+
+
+@pytest.mark.parametrize("overrides", [["trainer=ddp"], ["trainer=fsdp"], ["trainer.devices=2"]],
+                         ids=lambda o: " ".join(o))
+def test_evolve_refuses_more_than_one_training_process(overrides):
+    """Lightning's ddp launcher re-runs the script: in evolve.py that would be the whole loop, twice."""
+    with pytest.raises(ConfigError, match=r"evolve.py trains each skill in one process .* with train.py"):
+        check_evolve_config(_compose(*overrides))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autodidact import trainer_args
-from autodidact.config import check_sections
+from autodidact.config import check_sections, config_error
 from autodidact.inference.router_config import RouterConfig
 from autodidact.learning_queue import QueuePolicy
 from autodidact.serve.config import ServerConfig
@@ -323,8 +323,22 @@ def check_evolve_config(cfg: Any) -> EvolveSettings:
     if logger_cls is not None:
         sections["logger"] = logger_cls
     built = check_sections(cfg, sections, top=EvolveConfig, passthrough=PASSTHROUGH)
+    if problem := one_process_problem(built["trainer"]):
+        raise config_error([problem], ["trainer"])
     logger = built.pop("logger", None) if logger_cls is not None else cfg.get("logger")
     return EvolveSettings(run=built.pop(""), logger=logger, **built)
+
+
+def one_process_problem(train: TrainConfig) -> str | None:
+    """evolve.py trains inside its running loop: Lightning's ddp launcher would start the whole loop
+    again in every extra process (routing, the teacher, the queue), so it trains in one process."""
+    args = train.trainer_args
+    devices = args.get("devices", 1)
+    if (devices in (1, "1") or isinstance(devices, list) and len(devices) == 1) and args.get("num_nodes", 1) == 1:
+        return None
+    return (f"trainer.devices={devices!r}: evolve.py trains "
+            "each skill in one process (a second one would run the whole loop again); use trainer=cpu|gpu here, "
+            "and trainer=ddp|fsdp with train.py")
 
 
 # -- train.py ------------------------------------------------------------------------------------------
