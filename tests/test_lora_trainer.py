@@ -430,7 +430,7 @@ def test_stops_mid_epoch_once_every_examples_latest_check_passes(latest, confirm
     module = LoRALightningModule(load_tiny().model, TrainConfig())
     module.log = lambda *a, **k: None
     check = ConfirmLearned(lambda: (0.1, 1.0 if confirm else 0.5))
-    stop = SkillLearnedStop(4, check)
+    stop = SkillLearnedStop(4, check, mid_epoch=True)
     # One process: the strategy's reduce is the identity, as Lightning's single-device one is.
     trainer = SimpleNamespace(should_stop=False, global_step=5, fit_loop=SimpleNamespace(min_steps=None),
                               strategy=SimpleNamespace(reduce=lambda t, reduce_op: t))
@@ -440,3 +440,22 @@ def test_stops_mid_epoch_once_every_examples_latest_check_passes(latest, confirm
     assert trainer.should_stop is stops
     assert len(stop._latest) == kept
     assert check.at_step == (5 if len(latest) == 4 and all(latest.values()) else -1)  # checked only then
+
+
+def test_by_default_learned_is_judged_per_whole_epoch_not_mid_epoch() -> None:
+    from types import SimpleNamespace
+
+    from autodidact.callbacks import ConfirmLearned, SkillLearnedStop
+
+    module = LoRALightningModule(load_tiny().model, TrainConfig())
+    module.log = lambda *a, **k: None
+    check = ConfirmLearned(lambda: (0.1, 1.0))
+    stop = SkillLearnedStop(2, check)
+    trainer = SimpleNamespace(should_stop=False, global_step=5, fit_loop=SimpleNamespace(min_steps=None),
+                              strategy=SimpleNamespace(reduce=lambda t, reduce_op: t))
+    for i in (0, 1):  # both examples reproduced: no stop until the epoch is over
+        stop.on_train_batch_end(trainer, module, {"loss": torch.tensor(0.1), "exact": torch.tensor([True])},
+                                {"index": torch.tensor([i])}, i)
+        assert trainer.should_stop is False and check.at_step == -1
+    stop.on_train_epoch_end(trainer, module)
+    assert trainer.should_stop is True and check.at_step == 5

@@ -60,8 +60,9 @@ class SkillLearnedStop(Callback):
     """
 
     def __init__(self, n_examples: int, confirm: ConfirmLearned | None = None, stop_when_learned: bool = True,
-                 loss_floor: float = 0.0, prefix: str = "") -> None:
+                 loss_floor: float = 0.0, prefix: str = "", mid_epoch: bool = False) -> None:
         self.n = n_examples
+        self.mid_epoch = mid_epoch  # judge each example's latest verdict mid-epoch (else whole epochs)
         self.confirm = confirm
         self.stop_when_learned = stop_when_learned
         self.loss_floor = loss_floor
@@ -92,7 +93,7 @@ class SkillLearnedStop(Callback):
         self._epoch_loss.append(float(outputs["loss"]))
         # Every process reaches this with the same step and flags, so the reduce below is collective.
         # Before min_steps no stop could count (Lightning holds it back), so no check is paid for.
-        if not (self.stop_when_learned and self.n and "index" in batch):
+        if not (self.stop_when_learned and self.mid_epoch and self.n and "index" in batch):
             return
         if trainer.global_step < (trainer.fit_loop.min_steps or 0):
             return
@@ -117,8 +118,9 @@ class SkillLearnedStop(Callback):
         self._epoch_loss.clear()
         if trainer.should_stop:
             return
-        # Batches without example indices: the whole epoch must have been reproduced.
-        reproduced = (self.stop_when_learned and not self._latest and exact >= 1.0
+        # Judged per whole epoch (the default, or batches without example indices): every answer of
+        # the epoch reproduced.
+        reproduced = (self.stop_when_learned and not (self.mid_epoch and self._latest) and exact >= 1.0
                       and self._confirmed(trainer, pl_module))
         if reproduced or (self.loss_floor > 0 and loss < self.loss_floor):
             log.info("skill learned after %d steps (epoch exact match %.2f, loss %.4f)",

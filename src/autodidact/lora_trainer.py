@@ -310,7 +310,7 @@ class LoRATrainer:
         # The fp32 check of the weights training ends with; it is also the final evaluation.
         confirm = ConfirmLearned(lambda: self.evaluate(pairs, cache), prefix=metric_prefix)
         stop = SkillLearnedStop(len(pairs), confirm if cfg.stop_when_learned else None, cfg.stop_when_learned,
-                                cfg.loss_floor, prefix=metric_prefix)
+                                cfg.loss_floor, prefix=metric_prefix, mid_epoch=cfg.stop_mid_epoch)
         callbacks: list = [stop, confirm]
         if cfg.progress_bar:  # to stderr: evolve.py's stdout is reserved for its JSON result lines
             callbacks.append(RichProgressBar(console_kwargs={"stderr": True}))
