@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autodidact.backoff import backoff_s
 from autodidact.config import check_dataclass
 from autodidact.errors import AutodidactError, ConfigError
 
@@ -230,7 +231,7 @@ class QueuePolicy:
 
     def backoff(self, attempts: int) -> float:
         """Seconds to wait after the ``attempts``-th failed attempt."""
-        return min(self.backoff_max_s, self.backoff_base_s * 2 ** max(0, attempts - 1))
+        return backoff_s(attempts, self.backoff_base_s, self.backoff_max_s)
 
 
 _SCHEMA = """

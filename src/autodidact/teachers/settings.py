@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from autodidact.backoff import backoff_s
 from autodidact.config import check_dataclass, to_dataclass
 
 KINDS = ("auto", "openai", "anthropic", "failover", "offline", "replay")
@@ -54,8 +55,7 @@ class FailoverPolicy:
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
         """Delay after failed try number ``attempt`` (1-based)."""
-        delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
-        return delay * (1.0 - self.jitter * rng.random())
+        return backoff_s(attempt, self.backoff_base_s, self.backoff_max_s, self.jitter, rng)
 
 
 @dataclass
