@@ -125,7 +125,10 @@ def main(argv: list[str]) -> int:
     quiet.early()
     import logging
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+    # force: quiet.early() already put its buffer handler on root, which made a plain basicConfig a
+    # no-op; every project record (which job is learned, refused cards, tracebacks) then sat in that
+    # buffer and never reached learner.log.
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from autodidact.evolve_loop import build_autodidact, close_autodidact
 
