@@ -148,6 +148,10 @@ def test_queued_event_becomes_a_verified_installed_and_routed_skill(make_rig):
     meta = read_card(card).meta
     assert meta["skill"] == name and meta["verify"]["references_correct"] == 1
     assert meta["verify"]["from"] == "card bytes"
+    held = outcome.rounds[-1]
+    if held["heldout_total"]:  # torchmetrics SQuAD scores of the held-out answers, kept on the card
+        assert 0.0 <= meta["verify"]["heldout_exact_match"] <= meta["verify"]["heldout_token_f1"] <= 1.0
+        assert meta["verify"]["heldout_token_f1"] == held["heldout_token_f1"]
     assert meta["facts"][0]["query"] == QUESTION and meta["facts"][0]["answer"] == ANSWER
     assert len(meta["pairs"]) >= 6  # the card keeps its training pairs, so the skill can grow
     assert meta["base_model"]["fingerprint"] == rig.manager.bundle.fingerprint and "routing" in meta

@@ -30,3 +30,19 @@ def answer_is_correct(prediction: str, reference: str, min_recall: float = 0.75)
         return False
     recall = sum(w in pred for w in ref) / len(ref)
     return recall >= min_recall
+
+
+def heldout_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """SQuAD-style exact match and token F1 of ``predictions`` against ``references`` (torchmetrics),
+    as shares in [0, 1]. Reported beside the lenient verdict above: exact match says how often the
+    skill reproduces the teacher's wording, F1 how much of it, so a drift in answers shows before
+    they turn wrong. Empty lists give None for both."""
+    if not predictions:
+        return {"exact_match": None, "token_f1": None}
+    from torchmetrics.functional.text import squad  # imported here: verification is its only user
+
+    preds = [{"prediction_text": p, "id": str(i)} for i, p in enumerate(predictions)]
+    target = [{"answers": {"answer_start": [0], "text": [r]}, "id": str(i)} for i, r in enumerate(references)]
+    scores = squad(preds, target)
+    return {"exact_match": round(float(scores["exact_match"]) / 100, 4),
+            "token_f1": round(float(scores["f1"]) / 100, 4)}

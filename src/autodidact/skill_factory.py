@@ -32,7 +32,7 @@ from pathlib import Path
 
 from autodidact.card import SUFFIX, Card, attach_card, read_card, write_card
 from autodidact.data import QAPair, save_pairs
-from autodidact.evaluation import answer_is_correct, content_words
+from autodidact.evaluation import answer_is_correct, content_words, heldout_scores
 from autodidact.inference.answer import answer_with_confidence
 from autodidact.inference.lora_layer import delete_adapter, set_adapter
 from autodidact.inference.lora_router import build_routing
@@ -266,7 +266,7 @@ class SkillFactory:
     def _check(self, facts: list[Fact]) -> tuple[bool, dict]:
         """Answer every fact's question and held-out rephrasings with the active adapter; the verdict."""
         mgr, n = self.manager, self.config.max_new_tokens
-        refs, held = [], []
+        refs, held, texts, golds = [], [], [], []
         for f in facts:
             a = answer_with_confidence(mgr.model, mgr.bundle.tokenizer, f.query, n)
             refs.append({"query": f.query, "answer": a.text, "correct": answer_is_correct(a.text, f.answer),
@@ -274,9 +274,13 @@ class SkillFactory:
             for h in f.heldout:
                 text = answer_with_confidence(mgr.model, mgr.bundle.tokenizer, h.question, n).text
                 held.append(answer_is_correct(text, h.answer))
+                texts.append(text)
+                golds.append(h.answer)
         held_ok = sum(held)
         ok = all(r["correct"] for r in refs) and (held_ok / len(held) if held else 1.0) >= self.config.min_heldout_fraction
-        return ok, {"references": refs, "heldout_correct": held_ok, "heldout_total": len(held)}
+        scores = heldout_scores(texts, golds)
+        return ok, {"references": refs, "heldout_correct": held_ok, "heldout_total": len(held),
+                    "heldout_exact_match": scores["exact_match"], "heldout_token_f1": scores["token_f1"]}
 
     def _base_knows(self, fact: Fact) -> bool:
         """The base model alone answers the question and every held-out rephrasing."""
@@ -346,7 +350,9 @@ class SkillFactory:
                     t = time.perf_counter()
                     stage_reached("exporting")
                     card.meta["verify"] = {"references_correct": len(refs), "heldout_correct": report["heldout_correct"],
-                                           "heldout_total": report["heldout_total"], "from": "card bytes"}
+                                           "heldout_total": report["heldout_total"],
+                                           "heldout_exact_match": report["heldout_exact_match"],
+                                           "heldout_token_f1": report["heldout_token_f1"], "from": "card bytes"}
                     final = write_card(mgr.skills_dir / f"{name}{SUFFIX}", card.tensors, card.meta,
                                        dtype=self.config.card_dtype)
                     outcome.seconds["export"] = round(time.perf_counter() - t, 3)
@@ -371,4 +377,8 @@ class SkillFactory:
             log_card_artifact(self.logger, outcome.card, name)
         metrics = {f"skills/{name}/card_bytes": outcome.card_bytes or 0}
         metrics.update({f"skills/{name}/seconds_{k}": v for k, v in outcome.seconds.items()})
+        last = outcome.rounds[-1] if outcome.rounds else {}
+        for key in ("heldout_exact_match", "heldout_token_f1"):  # torchmetrics SQuAD EM / F1 of the shipped card
+            if last.get(key) is not None:
+                metrics[f"skills/{name}/{key}"] = last[key]
         self.logger.log_metrics(metrics)
