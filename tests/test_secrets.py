@@ -166,9 +166,8 @@ def test_canary_keys_appear_in_no_file_and_no_output(tmp_path, request):
         while len(server.requests) == asked and runner.poll(run) is None and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.3)
-        # Ctrl-C, pressed again every 5 s until the run ends, as a person would: on a loaded machine a
-        # first SIGINT was seen to go unanswered while the main thread sat in the SDK's blocking read
-        # (the signal can land on another thread; Python acts on it only when the main thread runs).
+        # Ctrl-C, pressed again every 5 s until the run ends, as a person would. (In CI a child of the
+        # shared fork server left every SIGINT unanswered; why is not known, hence the runner above.)
         for _ in range(24):
             with contextlib.suppress(ProcessLookupError):  # it may have ended since the last poll
                 os.kill(run.pid, signal.SIGINT)
