@@ -87,7 +87,7 @@ class SkillLearnedStop(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         exact = outputs["exact"]
-        if "index" in batch:
+        if self.mid_epoch and "index" in batch:  # per-example verdicts serve only the mid-epoch check
             self._latest.update(zip(batch["index"].tolist(), exact.tolist(), strict=True))
         self._epoch_exact.append(exact.detach().float())
         self._epoch_loss.append(float(outputs["loss"]))
