@@ -16,7 +16,8 @@ router scores each (query, skill) pair on cosine *and* word coverage:
 ``V_s`` is every word of the skill's training questions, ``core_s`` the words in at least half of
 them. Words are lower-cased, stripped of possessives and common suffixes, and stopwords (function
 words, fillers such as "hey"/"pls") are dropped; a query word matches a skill word exactly or, when
-both are 4+ letters, as a likely typo (difflib ratio >= ``TYPO_RATIO``). ``idf`` is computed over the
+both are 4+ letters, as a likely typo (difflib ratio >= ``TYPO_RATIO``, or two neighbouring letters
+swapped). ``idf`` is computed over the
 installed skills' vocabularies, so words every skill uses ("built", "when") weigh little and words
 no skill uses weigh most.
 
@@ -49,7 +50,7 @@ _STOP_TEXT = """a an the and or but of in on at to for by with from into onto ab
     shall should may might must i me my mine we us our you your u ur ya he him his she her it its they
     them their this that these those there here some any anyone someone something anything
     please pls plz thanks thank hey hi hello ok okay yeah yes no not just really actually anyway
-    again also even still exactly roughly approximately approx basically like kind sort know tell
+    again also even still exactly roughly approximately approx basically like kind sort know tell very quite too
     remind wondering wonder question quick say said guess think any one
 lol haha tho thx ty btw imo idk get got gets getting up now thing stuff guy"""
 _STOP = frozenset(_STOP_TEXT.split())
@@ -57,11 +58,14 @@ _STOP = frozenset(_STOP_TEXT.split())
 _CHAT = {
     "hw": "how", "wat": "what", "wot": "what", "wut": "what", "wht": "what", "teh": "the", "yr": "year",
     "yrs": "years", "r": "are", "u": "you", "ur": "your", "abt": "about", "ppl": "people", "bc": "because",
-    "cuz": "because", "st": "street", "rd": "road", "ave": "avenue", "mt": "mount", "ft": "feet",
+    "cuz": "because", "rd": "road", "ave": "avenue", "mt": "mount", "ft": "feet",
     "1st": "first", "2nd": "second", "3rd": "third", "nite": "night", "tmrw": "tomorrow", "wk": "week",
     "mon": "monday", "tue": "tuesday", "wed": "wednesday", "thu": "thursday", "fri": "friday",
     "sat": "saturday", "sun": "sunday", "no.": "number", "num": "number", "approx": "about",
 }
+# "St." is Saint in a name and Street in an address, and people type any of the three for either:
+# all three become one word, so "saint brigids" meets "St. Brigid's" and "bellamy st" meets "Bellamy Street".
+_SAME = {"st": "st", "street": "st", "saint": "st"}
 _SUFFIXES = ("ing", "ed", "es", "s")  # "es" only after s/x/z/ch/sh (see stem)
 
 
@@ -95,9 +99,20 @@ def _normalised(tokens: list[str]) -> list[str]:
         if w.endswith("'s"):
             w = w[:-2]
         w = _CHAT.get(w.replace("'", ""), w.replace("'", ""))
+        w = _SAME.get(w, w)
         if w and w not in _STOP:
             out.append(stem(w))
     return out
+
+
+def _swapped_letters(a: str, b: str) -> bool:
+    """``a`` is ``b`` with two neighbouring letters swapped ("hihg"/"high"): with a dropped, added or
+    replaced letter, one of the four single-edit typo classes (Damerau 1964). For 5+ letter words the
+    difflib ratio already admits it; a 4-letter word scores 0.75 and needs this rule."""
+    if len(a) != len(b):
+        return False
+    diff = [i for i in range(len(a)) if a[i] != b[i]]
+    return len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]]
 
 
 def _dropped_letter(short: str, long: str) -> bool:
@@ -113,7 +128,7 @@ def _typo(a: str, b: str) -> bool:
     short, long = sorted((a, b), key=len)
     if len(short) >= 4 and long.startswith(short):
         return True  # an abbreviation by truncation
-    if _dropped_letter(short, long):
+    if _dropped_letter(short, long) or (len(short) >= 4 and _swapped_letters(short, long)):
         return True
     if len(short) < 4 or len(long) - len(short) > 2:
         return False
