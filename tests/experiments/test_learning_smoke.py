@@ -46,3 +46,47 @@ def test_knowledge_eval_runs_the_real_loop_and_writes_its_table(tmp_path):
     for key in ("reliability", "generalization", "locality", "same_subject", "retention", "events_per_question"):
         assert 0.0 <= summary[key] <= max(1.0, summary["events_per_question"])
     assert (tmp_path / "knowledge_eval.png").exists() and (tmp_path / "records.jsonl").exists()
+
+
+def test_answer_threshold_is_the_middle_of_the_widest_best_gap():
+    from fit_answer_threshold import best_threshold
+
+    # Separable: the threshold sits halfway between the weakest right and the strongest wrong answer.
+    assert best_threshold([(0.9, True), (0.8, True), (0.6, True), (0.5, False), (0.2, False)]) == (0.55, 1.0, 1.0)
+    # One wrong answer more confident than every right one: it cannot be caught without losing them all.
+    t, kept, caught = best_threshold([(0.9, True), (0.95, False), (0.1, False)])
+    assert (t, kept, caught) == (0.5, 1.0, 0.5)
+
+
+def test_answer_threshold_weighs_each_class_by_how_often_the_router_sends_it():
+    from fit_answer_threshold import best_threshold, deployment_weights
+
+    points = [(0.9, True), (0.85, True), (0.5, True), (0.6, False), (0.3, False), (0.2, False)]
+    # Balanced: the widest best gap is 0.6-0.85 (keeps 2/3 right, catches every wrong answer).
+    assert best_threshold(points) == (0.725, 2 / 3, 1.0)
+    # The router let 1 of the 3 wrong answers through and all 3 right ones: withholding a right
+    # answer now costs more than letting a wrong one through, so the cut keeps every right answer.
+    labelled = [{"right": ok, "routed": routed} for (_, ok), routed in
+                zip(points, [True, True, True, True, False, False], strict=True)]
+    weights = deployment_weights(labelled)
+    assert weights == (4 / 6, 2 / 6)
+    assert best_threshold(points, weights) == (0.4, 1.0, 2 / 3)
+
+
+@pytest.mark.slow
+def test_fit_answer_threshold_trains_on_the_dev_pack_and_labels_skill_answers(tmp_path):
+    import fit_answer_threshold
+
+    args = ["--n", "1", "--model", "tiny", "--no-write", "--out", str(tmp_path), "lora=all_linear",
+            "trainer.lr=0.01", "trainer.max_steps=30", "trainer.precision=32-true",
+            "factory.min_heldout_fraction=0", "factory.verify_rounds=1", "model.threads=1"]
+    rc = fit_answer_threshold.main(args)
+    report = json.loads((tmp_path / "answer_threshold.json").read_text())
+    # The tiny model may answer everything right or nothing right (then there is nothing to fit: rc 1);
+    # either way each point is an answer a skill gave, labelled against the pack's answer.
+    assert rc in (0, 1)
+    for p in report["points"]:
+        assert p["skill"] is not None and p["kind"] in ("learned", "second_fact") and 0.0 <= p["confidence"] <= 1.0
+        assert isinstance(p["routed"], bool) and isinstance(p["right"], bool)
+    if rc == 0:
+        assert 0.0 <= report["answer_threshold"] < 1.0 and report["n_right"] > 0 and report["n_wrong"] > 0
