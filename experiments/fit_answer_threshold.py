@@ -1,7 +1,8 @@
 """Fit ``router.answer_threshold`` (answer dissonance) on trained skills from a dev pack.
 
-    python experiments/fit_answer_threshold.py                 # the dev pack, SmolLM2; writes conf/router/
-    python experiments/fit_answer_threshold.py --no-write --n 2 --model tiny   # a smoke run
+    python experiments/fit_answer_threshold.py                 # the dev pack, SmolLM2; reports the fit
+    python experiments/fit_answer_threshold.py --write         # ... and writes it to conf/router/
+    python experiments/fit_answer_threshold.py --n 2 --model tiny   # a smoke run
 
 The threshold says when a routed skill's own answer is too unsure to give: below it, the question is
 a learning event (a new fact about a learned subject). It can only be fitted on adapters that were
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=None, help="subjects (default: all in the pack)")
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--no-write", action="store_true", help="fit and report, but leave conf/ alone")
+    ap.add_argument("--write", action="store_true",
+                    help="write the fitted value into conf/router/default.yaml (the shipped value is a prior: README)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.lr=2e-3")
     args = ap.parse_args(argv)
     raw = json.loads(args.pack.read_text("utf-8"))
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
               "n_right": sum(ok for _, ok in pts), "n_wrong": sum(not ok for _, ok in pts),
               "seconds": round(time.perf_counter() - t0, 1), "points": points}
     (run_dir / "answer_threshold.json").write_text(json.dumps(report, indent=1), "utf-8")
-    if not args.no_write:
+    if args.write:
         write_threshold(t, f"FITTED on {args.pack.name} ({n} subjects, {args.model}) by "
                            f"experiments/fit_answer_threshold.py: AUROC {auroc:.3f}, right kept {kept:.2f}, "
                            f"wrong caught {caught:.2f}")

@@ -77,7 +77,7 @@ def test_answer_threshold_weighs_each_class_by_how_often_the_router_sends_it():
 def test_fit_answer_threshold_trains_on_the_dev_pack_and_labels_skill_answers(tmp_path):
     import fit_answer_threshold
 
-    args = ["--n", "1", "--model", "tiny", "--no-write", "--out", str(tmp_path), "lora=all_linear",
+    args = ["--n", "1", "--model", "tiny", "--out", str(tmp_path), "lora=all_linear",
             "trainer.lr=0.01", "trainer.max_steps=30", "trainer.precision=32-true",
             "factory.min_heldout_fraction=0", "factory.verify_rounds=1", "model.threads=1"]
     rc = fit_answer_threshold.main(args)

@@ -58,6 +58,11 @@ for line in sys.stdin:
         continue
     # -- the child: become `python evolve.py ARGS` ---------------------------------------------
     os.setpgid(0, 0)
+    # Python's own Ctrl-C handler, as `python evolve.py` in a terminal has: a test run started in the
+    # background by a non-interactive shell has SIGINT ignored, every process under it inherits that,
+    # and Python leaves an ignored SIGINT ignored (the secrets test's SIGINT then went unanswered).
+    import signal
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     for fd, path in ((1, req["stdout"]), (2, req["stderr"])):

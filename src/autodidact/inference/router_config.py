@@ -20,7 +20,7 @@ class RouterConfig:
 
     threshold: float = 0.4
     """Below this best-skill probability the query is dissonant and becomes a learning event."""
-    answer_threshold: float = 0.5483
+    answer_threshold: float = 0.3
     """Below this (the lowest token probability of the routed skill's greedy answer) the answer is
     weak: dissonance too, so a new fact about a learned subject is learned (0 turns it off)."""
     # The four below are the values fitted into conf/router/default.yaml (a test keeps them equal).
