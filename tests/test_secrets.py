@@ -18,7 +18,6 @@ in a 200 reply that is not what was asked for (a proxy's HTML page, a model's pr
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -33,7 +32,6 @@ from autodidact.card import SUFFIX
 from autodidact.learning_queue import LearningQueue
 from autodidact.teachers.offline import load_pack, match_fact
 from tests.support.forked_evolve import (
-    ForkedEvolve,
     evolve_env,
     last_json,
     quick_learn_args,
@@ -129,14 +127,9 @@ def assert_sent_and_not_leaked(tmp: Path, requests, outputs: list[str]) -> None:
     assert leaks == {} and printed == [], (leaks, printed)
 
 
-def test_canary_keys_appear_in_no_file_and_no_output(tmp_path, request):
+def test_canary_keys_appear_in_no_file_and_no_output(tmp_path):
     pack = write_quick_pack(tmp_path / "pack.json")
-    # A fork server of its own: in full CI runs (after the crash and concurrency tests had used the
-    # shared one) the SIGINT below went unanswered for 120 s in both runs this session, while the test
-    # passes alone; the SIGINT path is what this test needs, so it does not depend on that history.
-    runner = ForkedEvolve()
-    request.addfinalizer(runner.close)
-    skills, env = tmp_path / "skills", canary_env(tmp_path)
+    skills, env, runner = tmp_path / "skills", canary_env(tmp_path), shared_runner()
     outputs: list[str] = []
     with TeacherServer(qa_source=teacher_for(pack), hang_s=120) as server:
         # 1. Learn: OpenAI refuses the key, Anthropic teaches.
@@ -166,17 +159,8 @@ def test_canary_keys_appear_in_no_file_and_no_output(tmp_path, request):
         while len(server.requests) == asked and runner.poll(run) is None and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.3)
-        # Ctrl-C, pressed again every 5 s until the run ends, as a person would. (In CI a child of the
-        # shared fork server left every SIGINT unanswered; why is not known, hence the runner above.)
-        for _ in range(24):
-            with contextlib.suppress(ProcessLookupError):  # it may have ended since the last poll
-                os.kill(run.pid, signal.SIGINT)
-            stop = time.monotonic() + 5
-            while runner.poll(run) is None and time.monotonic() < stop:
-                time.sleep(0.05)
-            if runner.poll(run) is not None:
-                break
-        res = runner.wait(run, timeout=30)
+        os.kill(run.pid, signal.SIGINT)
+        res = runner.wait(run, timeout=120)
         outputs += [res.stdout, res.stderr]
         assert res.returncode != 0 and "KeyboardInterrupt" in res.stderr, (res.returncode, res.stderr[-3000:])
         requests = server.requests
