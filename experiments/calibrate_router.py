@@ -472,7 +472,7 @@ def write_config(cfg: RouterConfig, fit: dict) -> None:
 threshold: {cfg.threshold}
 # The routed skill's answer is weak (lowest token probability below this) -> dissonance too: a new
 # fact about a subject already learned is learned and joins that skill. 0 turns it off.
-answer_threshold: {cfg.answer_threshold}  # NOT fitted: a prior (see the README); fitting it needs trained adapters
+answer_threshold: {cfg.answer_threshold}  # a prior, NOT the dev fit (0.5483 from experiments/fit_answer_threshold.py): see the README
 # Fact model: P(skill answers query) = sigmoid(bias + weights . features).
 weights: {list(cfg.weights)}
 bias: {cfg.bias}

