@@ -132,3 +132,27 @@ def test_no_logger_means_no_op(tmp_path):
     assert log_card_artifact(None, tmp_path / "missing.lora.arrow") is None
     log_table(None, "results", ROWS)
     finish(None)
+
+
+def test_logger_run_starts_off_the_main_thread() -> None:
+    """``start_logger`` returns at once and the run (W&B spawning its service) starts in a thread, so
+    the model load overlaps it; reading the property on the main thread would serialise the two."""
+    import threading
+
+    from autodidact.train_skill import start_logger
+
+    release, started_on = threading.Event(), []
+
+    class SlowLogger:
+        @property
+        def experiment(self):
+            started_on.append(threading.current_thread().name)
+            release.wait(10)
+            return object()
+
+    thread = start_logger(SlowLogger())
+    assert thread is not None and thread.is_alive()  # still starting: start_logger did not wait for it
+    release.set()
+    thread.join(10)
+    assert started_on == ["logger-start"]
+    assert start_logger(None) is None and start_logger(object()) is None  # nothing to start

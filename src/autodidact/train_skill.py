@@ -47,7 +47,9 @@ def start_logger(logger) -> threading.Thread | None:
     of it waiting for its service process, which the model load can fill. If it fails here it is
     simply retried, and raised, on the main thread when Lightning first uses the logger.
     """
-    if logger is None or not hasattr(logger, "experiment"):
+    # Look on the class: ``hasattr(logger, "experiment")`` would run the property, i.e. start the run
+    # here on the main thread, which is what this function exists to avoid.
+    if logger is None or not hasattr(type(logger), "experiment"):
         return None
 
     def touch() -> None:

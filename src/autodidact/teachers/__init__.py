@@ -14,8 +14,8 @@ import importlib
 _WHERE = {
     "build_distiller": "config",
     "build_teacher": "config",
-    "public_config": "config",
-    "public_run_config": "config",
+    "public_config": "settings",
+    "public_run_config": "settings",
     "DistillConfig": "settings",
     "FailoverPolicy": "settings",
     "ProviderSettings": "settings",

@@ -9,12 +9,11 @@ Keys come from the environment (``${oc.env:OPENAI_API_KEY,null}``) and never lea
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
 from autodidact.errors import ConfigError
 from autodidact.teachers.distiller import CloudDistiller
@@ -23,32 +22,18 @@ from autodidact.teachers.failover import FailoverChain, FailoverPolicy
 from autodidact.teachers.offline import OFFLINE_LABEL, OfflineProvider
 from autodidact.teachers.providers import AnthropicProvider, OpenAIProvider
 from autodidact.teachers.replay import ReplayProvider
-from autodidact.teachers.settings import KINDS, ProviderSettings, TeacherConfig  # noqa: F401 - re-exported
+from autodidact.teachers.settings import (  # noqa: F401 - re-exported
+    KINDS,
+    ProviderSettings,
+    TeacherConfig,
+    public_config,
+    public_run_config,
+)
 from autodidact.teachers.transcript import Transcript
 
 log = logging.getLogger(__name__)
 
 CLOUD = {"openai": (OpenAIProvider, "OPENAI_API_KEY"), "anthropic": (AnthropicProvider, "ANTHROPIC_API_KEY")}
-
-
-def public_config(cfg: TeacherConfig | DictConfig | dict) -> dict:
-    """The teacher config with every API key replaced by ``"***"`` (or None when unset): safe to save."""
-    data = dataclasses.asdict(TeacherConfig.from_cfg(cfg))
-    for name in CLOUD:
-        data[name]["api_key"] = "***" if data[name]["api_key"] else None
-    return data
-
-
-def public_run_config(cfg: DictConfig) -> dict:
-    """The whole run config, resolved, with ``teacher`` in its ``public_config`` form: for W&B and cards."""
-    cfg = cfg.copy()
-    if "teacher" in cfg:
-        # Swap the redacted teacher in *before* resolving, so the key is never even read.
-        with open_dict(cfg):
-            cfg.teacher = public_config(cfg.teacher)
-    data = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(data, dict)
-    return data
 
 
 def secrets_of(cfg: TeacherConfig) -> list[str]:

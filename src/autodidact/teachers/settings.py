@@ -7,10 +7,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from autodidact.backoff import backoff_s
 from autodidact.config import check_dataclass, to_dataclass
@@ -173,3 +176,24 @@ class TeacherConfig:
 
     def validate(self) -> None:
         check_dataclass(self, "teacher")
+
+
+# In this SDK-free module so that logging a run config (train.py, W&B) never imports openai/anthropic.
+def public_config(cfg: TeacherConfig | DictConfig | dict) -> dict:
+    """The teacher config with every API key replaced by ``"***"`` (or None when unset): safe to save."""
+    data = dataclasses.asdict(TeacherConfig.from_cfg(cfg))
+    for name in CLOUD_KEYS:
+        data[name]["api_key"] = "***" if data[name]["api_key"] else None
+    return data
+
+
+def public_run_config(cfg: DictConfig) -> dict:
+    """The whole run config, resolved, with ``teacher`` in its ``public_config`` form: for W&B and cards."""
+    cfg = cfg.copy()
+    if "teacher" in cfg:
+        # Swap the redacted teacher in *before* resolving, so the key is never even read.
+        with open_dict(cfg):
+            cfg.teacher = public_config(cfg.teacher)
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    return data
