@@ -11,6 +11,7 @@ A thin Hydra wrapper; the logic lives in plain functions that take already-built
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -37,6 +38,10 @@ def main(cfg: DictConfig) -> None:
         # included) load only for a config that is right, so a typo is reported in about a second.
         settings = check_evolve_config(cfg)
         quiet.configure(verbose=settings.run.verbose)
+        # Lightning, torch and transformers are imported now (quiet.configure loads them): their ~10^6
+        # objects live as long as the process, so take them out of the cyclic GC. Each full collection
+        # then skips them, and so does the one at exit (~1.2 s of a train.py run on this machine).
+        gc.freeze()
         if cfg.stage == "distill":
             from autodidact.teachers.stage import run_distill_stage
 
