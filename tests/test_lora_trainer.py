@@ -7,6 +7,7 @@ embeddings (std 0.02) and a final RMSNorm, the largest logit margin a tiny model
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -459,3 +460,38 @@ def test_by_default_learned_is_judged_per_whole_epoch_not_mid_epoch() -> None:
         assert trainer.should_stop is False and check.at_step == -1
     stop.on_train_epoch_end(trainer, module)
     assert trainer.should_stop is True and check.at_step == 5
+
+
+def test_releasing_the_frozen_layers_trains_the_same_adapter_and_leaves_them_unusable() -> None:
+    """``fit(release_frozen=True)`` (train.py) frees layers below the lowest adapter once their outputs
+    are cached: training, validation and the final check never need them, so the run is identical."""
+    cfg = TrainConfig.of(lr=1e-3, batch_size=4, max_steps=6, stop_when_learned=False, progress_bar=False)
+    lora = LoRAConfig(r=2, alpha=4.0, top_layers=2)
+    runs = []
+    for release in (False, True):
+        bundle = load_tiny(seed=0, layers=4)
+        result = LoRATrainer(bundle, lora, cfg).fit(PAIRS[:6], adapter="t", val_pairs=PAIRS[6:], release_frozen=release)
+        runs.append((bundle, result))
+    (kept, a), (released, b) = runs
+    assert (a.steps, a.losses, a.loss_final, a.exact_match) == (b.steps, b.losses, b.loss_final, b.exact_match)
+    assert torch.equal(kept.model.model.layers[3].self_attn.q_proj.lora_B["t"],
+                       released.model.model.layers[3].self_attn.q_proj.lora_B["t"])
+    assert not list(released.model.model.layers[0].parameters())
+    ids = torch.tensor([[1, 2, 3]])
+    with pytest.raises(RuntimeError, match="decoder layer 0 was released"):
+        released.model(input_ids=ids)
+
+
+def test_dropped_pages_of_a_file_backed_tensor_read_back_from_the_file(tmp_path: Path) -> None:
+    """The weights of a safetensors checkpoint are a private file mapping: dropping their pages only
+    takes them out of this process's memory; read again, they are the file's values."""
+    from safetensors.torch import load_file, save_file
+
+    from autodidact.models import drop_resident_pages
+
+    want = torch.randn(512, 1024, generator=torch.Generator().manual_seed(0))  # 2 MiB: whole pages inside
+    save_file({"w": want}, tmp_path / "w.safetensors")
+    got = load_file(tmp_path / "w.safetensors")["w"]
+    assert torch.equal(got, want)
+    assert drop_resident_pages([got]) >= 2 * 2**20 - 2 * 4096 or not sys.platform.startswith("linux")
+    assert torch.equal(got, want)

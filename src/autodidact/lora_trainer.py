@@ -48,7 +48,13 @@ from autodidact.inference.lora_layer import (
     mark_only_lora_as_trainable,
     set_adapter,
 )
-from autodidact.models import ModelBundle, decoder_layers, forward_from_layer, hidden_before_layer
+from autodidact.models import (
+    ModelBundle,
+    decoder_layers,
+    drop_resident_pages,
+    forward_from_layer,
+    hidden_before_layer,
+)
 from autodidact.settings import LoRAConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -198,6 +204,31 @@ class FrozenPrefixCache:
             e["hidden"] = self._memo[tuple(e["input_ids"])]
 
 
+class _Released(nn.Module):
+    """Stands in for a decoder layer whose weights were freed after its outputs were cached."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError(f"decoder layer {self.index} was released after caching its outputs "
+                           "(LoRATrainer.fit(release_frozen=True)); this model cannot run below it any more")
+
+
+def release_layers_below(model: nn.Module, layer: int) -> int:
+    """Replace decoder layers ``0..layer-1`` with placeholders, freeing their weights; returns bytes freed."""
+    layers = decoder_layers(model)
+    if layers is None or layer <= 0:
+        return 0
+    weights = [p.data for i in range(layer) for p in layers[i].parameters()]
+    freed = drop_resident_pages(weights)  # before the last reference goes (see drop_resident_pages)
+    for i in range(layer):
+        layers[i] = _Released(i)
+    log.info("released decoder layers 0..%d after caching their outputs (%.0f MB of pages)", layer - 1, freed / 2**20)
+    return freed
+
+
 # -- Lightning -----------------------------------------------------------------------------------
 class LoRALightningModule(L.LightningModule):
     """Frozen base + LoRA; AdamW over the ``lora_`` parameters only. When to stop is the callbacks'."""
@@ -269,9 +300,15 @@ class LoRATrainer:
         return total / max(1, n), exact / max(1, n)
 
     def fit(
-        self, pairs: list[QAPair], adapter: str, val_pairs: list[QAPair] | None = None, metric_prefix: str = ""
+        self, pairs: list[QAPair], adapter: str, val_pairs: list[QAPair] | None = None, metric_prefix: str = "",
+        release_frozen: bool = False,
     ) -> TrainResult:
-        """Train a fresh adapter named ``adapter`` on ``pairs``; leaves it injected and active."""
+        """Train a fresh adapter named ``adapter`` on ``pairs``; leaves it injected and active.
+
+        ``release_frozen``: once the frozen layers' outputs are cached, free their weights (about 280 MB
+        of SmolLM2's 540). Only for a process that exports the card and stops (``train.py``): the model
+        can no longer answer a question afterwards.
+        """
         cfg, model, tok = self.train_cfg, self.bundle.model, self.bundle.tokenizer
         args = cfg.trainer_args
         precision = resolve_precision(str(args["precision"]), str(args["accelerator"]))
@@ -306,6 +343,10 @@ class LoRATrainer:
             prepare_examples=cache,
         )
         dm.val_pairs = list(val_pairs or [])
+        if release_frozen and cache is not None:
+            # Every example training and evaluation will see, encoded as the data module encodes it.
+            cache([encode_pair(tok, p, cfg.max_length, cfg.mask_prompt) for p in [*pairs, *dm.val_pairs]])
+            release_layers_below(model, start)
         module = LoRALightningModule(model, cfg, metric_prefix, start_layer=start)
         # The fp32 check of the weights training ends with; it is also the final evaluation.
         confirm = ConfirmLearned(lambda: self.evaluate(pairs, cache), prefix=metric_prefix)

@@ -14,6 +14,7 @@ import importlib.metadata
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,6 +247,34 @@ def load_model(kind: str, path: str | None = None, seed: int = 0, cache_dir: str
         folder = Path(path).expanduser()
         return _load_hf_dir(folder, folder.name)
     raise ModelLoadError(f"unknown model kind {kind!r}; use model=smollm2, model=tiny or model=hf model.path=DIR")
+
+
+# -- giving memory back -------------------------------------------------------------------------------
+def drop_resident_pages(tensors: list[torch.Tensor]) -> int:
+    """Tell the kernel the whole pages under ``tensors`` are no longer needed; returns the bytes advised.
+
+    Freeing a tensor is not enough: the weights of a model loaded from safetensors are views into one
+    memory-mapped file, which stays mapped (and resident) while any layer lives. ``MADV_DONTNEED`` drops
+    those pages from this process; a file page read again comes back from the file unchanged, an
+    anonymous one as zeros, so call this only for tensors that are about to be discarded. Whole pages
+    strictly inside each tensor only, never a page it shares with a neighbour. Linux only (else 0).
+    """
+    if not sys.platform.startswith("linux"):
+        return 0
+    import ctypes
+    import mmap
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    page = mmap.PAGESIZE
+    done = 0
+    for t in tensors:
+        if t.device.type != "cpu" or t.numel() == 0:
+            continue
+        lo = -(-t.data_ptr() // page) * page
+        hi = (t.data_ptr() + t.numel() * t.element_size()) // page * page
+        if hi > lo and libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), mmap.MADV_DONTNEED) == 0:
+            done += hi - lo
+    return done
 
 
 # -- running a decoder from a middle layer -----------------------------------------------------------

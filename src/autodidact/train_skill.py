@@ -95,7 +95,8 @@ def train(cfg: DictConfig, run_dir: Path) -> TrainSummary | None:
     trainer = LoRATrainer(bundle, s.lora, s.trainer, logger=logger)
     n_val = int(round(len(pairs) * s.data.val_fraction))
     val, train_pairs = pairs[:n_val], pairs[n_val:]
-    result = trainer.fit(train_pairs, adapter=skill, val_pairs=val)
+    # This process exports the card and stops: the frozen lower layers' weights can go once cached.
+    result = trainer.fit(train_pairs, adapter=skill, val_pairs=val, release_frozen=True)
     if not trainer.is_global_zero:
         return None  # another process of a ddp run: the first one writes the card and the summary
     path = trainer.export(card_path, adapter=skill, skill=skill, result=result, dtype=s.run.card.dtype)
