@@ -33,7 +33,7 @@ from pathlib import Path
 from autodidact.card import SUFFIX, Card, attach_card, read_card, write_card
 from autodidact.data import QAPair, save_pairs
 from autodidact.evaluation import answer_is_correct, content_words, heldout_scores
-from autodidact.inference.answer import answer_with_confidence
+from autodidact.inference.answer import answer_with_confidence, answers_with_confidence
 from autodidact.inference.lora_layer import delete_adapter, set_adapter
 from autodidact.inference.lora_router import build_routing
 from autodidact.learning_queue import Job, LearningEvent, LearningQueue, topic_key
@@ -265,14 +265,16 @@ class SkillFactory:
 
     def _check(self, facts: list[Fact]) -> tuple[bool, dict]:
         """Answer every fact's question and held-out rephrasings with the active adapter; the verdict."""
-        mgr, n = self.manager, self.config.max_new_tokens
+        mgr = self.manager
+        questions = [q for f in facts for q in (f.query, *(h.question for h in f.heldout))]
+        answers = iter(answers_with_confidence(mgr.model, mgr.bundle.tokenizer, questions, self.config.max_new_tokens))
         refs, held, texts, golds = [], [], [], []
         for f in facts:
-            a = answer_with_confidence(mgr.model, mgr.bundle.tokenizer, f.query, n)
+            a = next(answers)
             refs.append({"query": f.query, "answer": a.text, "correct": answer_is_correct(a.text, f.answer),
                          "min_prob": round(a.min_prob, 4)})
             for h in f.heldout:
-                text = answer_with_confidence(mgr.model, mgr.bundle.tokenizer, h.question, n).text
+                text = next(answers).text
                 held.append(answer_is_correct(text, h.answer))
                 texts.append(text)
                 golds.append(h.answer)
@@ -284,14 +286,14 @@ class SkillFactory:
 
     def _base_knows(self, fact: Fact) -> bool:
         """The base model alone answers the question and every held-out rephrasing."""
-        mgr = self.manager
+        mgr, n = self.manager, self.config.max_new_tokens
         with mgr.use(None):
-            a = answer_with_confidence(mgr.model, mgr.bundle.tokenizer, fact.query, self.config.max_new_tokens)
+            # The question alone first: the base model usually fails it, and then that is the whole check.
+            a = answer_with_confidence(mgr.model, mgr.bundle.tokenizer, fact.query, n)
             if not answer_is_correct(a.text, fact.answer):
                 return False
-            return all(answer_is_correct(answer_with_confidence(mgr.model, mgr.bundle.tokenizer, h.question,
-                                                                self.config.max_new_tokens).text, h.answer)
-                       for h in fact.heldout)
+            held = answers_with_confidence(mgr.model, mgr.bundle.tokenizer, [h.question for h in fact.heldout], n)
+            return all(answer_is_correct(x.text, h.answer) for x, h in zip(held, fact.heldout, strict=True))
 
     def _train_verify_export(
         self, name: str, pairs: list[QAPair], facts: list[Fact], outcome: SkillOutcome, job_id: int
