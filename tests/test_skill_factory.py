@@ -9,6 +9,7 @@ step took over a second instead of ~25 ms.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from dataclasses import dataclass
@@ -319,6 +320,43 @@ def test_a_question_the_base_model_answers_trains_nothing_and_routes_to_the_base
     fresh = LoRAManager(manager.bundle, skills, LoRARouter(RouterConfig(), encoder))
     fresh.scan()
     assert fresh.router.route(QUESTION.lower()).best_skill == BASE_SKILL
+
+
+@pytest.mark.parametrize(("budget", "generated"), [(FACTORY.max_new_tokens, 0), (FACTORY.max_new_tokens - 1, 1)],
+                         ids=["same-budget-reused", "other-budget-generated"])
+def test_the_base_answer_the_loop_already_has_is_not_generated_again(make_rig, monkeypatch, budget, generated):
+    """A routing-dissonance event carries the base model's greedy answer to its query (evolve.py
+    generated it as ``answer_before``): the factory's base-knowledge check uses it instead of
+    generating it again, but only when it was generated with the same token budget."""
+    import autodidact.skill_factory as sf
+
+    rig = make_rig()
+    calls: list[str] = []
+    real = sf.answer_with_confidence
+    monkeypatch.setattr(sf, "answer_with_confidence", lambda m, t, q, n: calls.append(q) or real(m, t, q, n))
+    given = {"text": rig.manager.generate(None, QUESTION, budget), "max_new_tokens": budget}
+    rig.factory.put(LearningEvent(query=QUESTION, best_skill=None, confidence=0.0, extra={"base_answer": given}))
+    [outcome] = rig.factory.drain()
+    assert outcome.state == "done" and outcome.learned is True  # the tiny base model does not know it
+    assert calls == [QUESTION] * generated
+
+
+def test_a_given_base_answer_that_is_right_is_believed(make_rig) -> None:
+    """The check trusts the carried answer: one that holds the reference answer sends the check on to
+    the held-out rephrasings, which the tiny base model gets wrong, so the fact is still learned."""
+    rig = make_rig()
+    given = {"text": f"It was {ANSWER}", "max_new_tokens": FACTORY.max_new_tokens}
+    fact = sf_fact(QUESTION, ANSWER, rig)
+    assert rig.factory._base_knows(fact, {"text": "no idea", "max_new_tokens": FACTORY.max_new_tokens}) is False
+    assert rig.factory._base_knows(fact, given) is False  # held-out rephrasings still asked, and wrong
+    assert rig.factory._base_knows(dataclasses.replace(fact, heldout=()), given) is True
+
+
+def sf_fact(query: str, answer: str, rig: Rig):
+    from autodidact.skill_factory import Fact
+
+    dist = rig.factory.distiller.distill(query)
+    return Fact(query, answer, tuple(dist.heldout))
 
 
 # -- skill names ------------------------------------------------------------------------------------

@@ -94,7 +94,10 @@ class Autodidact:
             why = (f"skill {skill!r} is unsure of its answer ({ans.min_prob:.2f} < {self.detector.answer_threshold})"
                    if weak else f"confidence {r.confidence:.3f} < {self.threshold}")
             print(f"[autodidact] dissonance: {why} for {query!r}; learning", file=sys.stderr)
-            self.detector.check(r, ans.min_prob if weak else None)
+            # Routing dissonance: what was just generated is the base model's greedy answer to the
+            # query, which the factory's "does the base model already know it?" check needs too.
+            base = None if ans is not None else {"text": rec["answer_before"], "max_new_tokens": self.max_new_tokens}
+            self.detector.check(r, ans.min_prob if weak else None, base_answer=base)
             t = time.perf_counter()
             outcomes = self.factory.drain()
             stages["learn"] = round(time.perf_counter() - t, 3)

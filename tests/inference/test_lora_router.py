@@ -603,7 +603,12 @@ def test_dissonance_events_land_in_the_durable_queue_once_per_topic(encoder, rea
         assert event.extra["top"][0][0] == NO_SKILL  # its "join" is the subject model's (see the xfail above)
         detector.check(router.route("who was the FIRST mayor of Quillhaven"))  # same topic
         (job,) = queue.list("pending")
-        assert job.event == event
+        assert job.event == event and "base_answer" not in event.extra
+        # The base model's answer the caller already generated travels with the event, through the queue.
+        base = {"text": "I do not know.", "max_new_tokens": 48}
+        detector.check(router.route("Why is the sky blue?"), base_answer=base)
+        (sky,) = [j for j in queue.list("pending") if j.event.query == "Why is the sky blue?"]
+        assert sky.event.extra["base_answer"] == base
 
 
 def test_no_skills_installed_means_no_skill(encoder) -> None:

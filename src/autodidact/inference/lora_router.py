@@ -456,8 +456,15 @@ class DissonanceDetector:
         """Whether a routed skill's answer is too unsure to trust."""
         return answer_confidence is not None and answer_confidence < self.answer_threshold
 
-    def check(self, result: RouteResult, answer_confidence: float | None = None) -> LearningEvent | None:
-        """Queue and return a LearningEvent if ``result`` (and the answer's confidence) is dissonant."""
+    def check(
+        self, result: RouteResult, answer_confidence: float | None = None, base_answer: dict | None = None
+    ) -> LearningEvent | None:
+        """Queue and return a LearningEvent if ``result`` (and the answer's confidence) is dissonant.
+
+        ``base_answer`` (``{"text", "max_new_tokens"}``): the base model's greedy answer to this very
+        query, when the caller already has it; the factory then need not generate it again to see
+        whether the base model already knows the fact.
+        """
         skill = self.selected(result)
         if skill is not None and not self.weak_answer(answer_confidence):
             return None
@@ -470,7 +477,8 @@ class DissonanceDetector:
             confidence=result.confidence,
             extra={"top": [list(kv) for kv in result.top(self.top_k)], "truncated": result.truncated,
                    "join": join, "answer_confidence": answer_confidence,
-                   "reason": "weak answer" if skill is not None else "no confident skill"},
+                   "reason": "weak answer" if skill is not None else "no confident skill"}
+            | ({"base_answer": base_answer} if base_answer is not None else {}),
         )
         self.queue.put(event)
         return event
