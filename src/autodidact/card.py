@@ -392,23 +392,27 @@ def check_card_fits(card: Card, model: nn.Module, fingerprint: str) -> None:
 
 
 @torch.no_grad()
-def attach_card(card: Card, model: nn.Module, fingerprint: str, adapter_name: str | None = None) -> str:
+def attach_card(card: Card, model: nn.Module, fingerprint: str, adapter_name: str | None = None,
+                checked: bool = False) -> str:
     """Check ``card`` against ``model`` and add it as adapter ``adapter_name`` (default: the skill).
 
     The adapter's weights are copied into new LoRA parameters; base weights are untouched.
+    ``checked``: the caller has just run ``check_card_fits`` on this card and model (the manager's
+    install does, before it changes any state), so it is not run twice.
     """
-    check_card_fits(card, model, fingerprint)
+    if not checked:
+        check_card_fits(card, model, fingerprint)
     name = adapter_name or card.skill
     lo = card.meta["lora"]
     try:  # inject_lora refuses a name clash before it touches the model
-        inject_lora(model, card.layers, r=lo["r"], alpha=lo["alpha"], dropout=0.0, adapter_name=name)
+        # init=False: every A and B is overwritten from the card just below.
+        inject_lora(model, card.layers, r=lo["r"], alpha=lo["alpha"], dropout=0.0, adapter_name=name, init=False)
     except LoRAError as e:
         reason = "is already loaded; unload it before loading it again" if "already exists" in str(e) else str(e)
         raise CardError(card.path, f"adapter {name!r} {reason}") from None
-    modules = dict(model.named_modules())
     for tname, t in card.tensors.items():
         layer, kind = tname.rsplit(".", 1)
-        m: LoRALinear = modules[layer]
+        m: LoRALinear = model.get_submodule(layer)
         param = getattr(m, kind)[name]
         param.copy_(t.to(param.dtype))
         param.requires_grad = False

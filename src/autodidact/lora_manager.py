@@ -113,7 +113,7 @@ class LoRAManager:
             if self.router is not None and routing is not None:
                 self.router.add_skill(name, routing)  # validates the routing key; replaces the old one
             self._detach(name)
-            self._attach(card, name)
+            self._attach(card, name, checked=True)  # check_card_fits ran above, on this model
             self.skills[name] = InstalledSkill(name=name, path=path, meta=card.meta, signature=sig)
             self.refused.pop(path, None)
         if routing is None:
@@ -226,8 +226,8 @@ class LoRAManager:
             self._watcher = None
 
     # -- adapters in the model -----------------------------------------------------------------
-    def _attach(self, card: Card, name: str) -> None:
-        attach_card(card, self.model, self.bundle.fingerprint, adapter_name=name)
+    def _attach(self, card: Card, name: str, checked: bool = False) -> None:
+        attach_card(card, self.model, self.bundle.fingerprint, adapter_name=name, checked=checked)
         self._attached[name] = None
         self._attached.move_to_end(name)
         while len(self._attached) > self.max_loaded:

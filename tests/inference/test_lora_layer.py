@@ -331,3 +331,16 @@ def test_unknown_targets_name_the_layers_that_exist_and_touch_nothing():
     with pytest.raises(LoRAError, match=r"this model has: .*q_proj"):
         inject_lora(model, ["foo"], r=4, alpha=8)
     assert {n for n, _ in model.named_modules()} == before
+
+
+def test_an_adapter_about_to_be_overwritten_skips_the_random_init() -> None:
+    """``init=False`` (used when a card is attached) starts A at zero instead of drawing it: the
+    update B·A is the identity either way, and the card's weights replace both right after."""
+    layer = LoRALinear(torch.nn.Linear(8, 6))
+    layer.add_adapter("drawn", r=2, alpha=4.0)
+    layer.add_adapter("blank", r=2, alpha=4.0, init=False)
+    assert layer.lora_A["drawn"].abs().sum() > 0 and not layer.lora_A["blank"].any()
+    assert not layer.lora_B["drawn"].any() and not layer.lora_B["blank"].any()
+    x = torch.randn(3, 8)
+    layer.set_adapter("blank")
+    assert torch.equal(layer(x), layer.base_layer(x))

@@ -53,8 +53,13 @@ class LoRALinear(nn.Module):
         self.disabled = False
 
     # -- adapter bookkeeping -------------------------------------------------------------------
-    def add_adapter(self, name: str, r: int, alpha: float, dropout: float = 0.0) -> None:
-        """Create adapter ``name`` (identity at init) and make it active."""
+    def add_adapter(self, name: str, r: int, alpha: float, dropout: float = 0.0, init: bool = True) -> None:
+        """Create adapter ``name`` (identity at init) and make it active.
+
+        ``init=False``: A starts at zero instead of Kaiming-uniform, for weights about to be
+        overwritten (a card being attached); the random draw is most of the cost of a hot-load's
+        injection.
+        """
         if r <= 0:
             raise LoRAError(f"LoRA rank must be positive, got r={r}")
         if name in self.lora_A:
@@ -65,10 +70,14 @@ class LoRALinear(nn.Module):
             raise LoRAError(f"adapter name {name!r} is not usable; use a non-empty name without dots "
                             "that is not a dict method name (e.g. velmora_lighthouse)")
         w = self.base_layer.weight
-        a = torch.empty(r, self.in_features, device=w.device, dtype=torch.float32)
-        # Same init as nn.Linear / PEFT: Kaiming-uniform A, zero B => the update B·A starts at 0.
-        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-        self.lora_A[name] = nn.Parameter(a.to(w.dtype))
+        if init:
+            a = torch.empty(r, self.in_features, device=w.device, dtype=torch.float32)
+            # Same init as nn.Linear / PEFT: Kaiming-uniform A, zero B => the update B·A starts at 0.
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+            a = a.to(w.dtype)
+        else:
+            a = torch.zeros(r, self.in_features, device=w.device, dtype=w.dtype)
+        self.lora_A[name] = nn.Parameter(a)
         self.lora_B[name] = nn.Parameter(torch.zeros(self.out_features, r, device=w.device, dtype=w.dtype))
         self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.scaling[name] = alpha / r
@@ -148,14 +157,15 @@ class LoRALinear(nn.Module):
 
 
 # -- model-level helpers -------------------------------------------------------------------------
-def find_targets(model: nn.Module, targets: Iterable[str]) -> list[str]:
+def find_targets(model: nn.Module, targets: Iterable[str], modules: dict[str, nn.Module] | None = None) -> list[str]:
     """Qualified names of the linear layers ``targets`` selects (by leaf or full name).
 
+    ``modules``: ``dict(model.named_modules())`` when the caller has it (one walk of the model, not two).
     Raises LoRAError, naming the linear layers that do exist, when nothing matches.
     """
     targets = set(targets)
     found = [
-        q for q, m in model.named_modules()
+        q for q, m in (modules.items() if modules is not None else model.named_modules())
         if isinstance(m, (nn.Linear, LoRALinear)) and (q.rsplit(".", 1)[-1] in targets or q in targets)
     ]
     if not found:
@@ -174,14 +184,16 @@ def inject_lora(
     alpha: float,
     dropout: float = 0.0,
     adapter_name: str = "default",
+    init: bool = True,
 ) -> list[str]:
     """Wrap every ``nn.Linear`` whose last name component (or full name) is in ``targets``, add an adapter.
 
     Layers that are already :class:`LoRALinear` get the new adapter beside their old ones.
     Returns the qualified names of the layers that carry the adapter, in module order.
+    ``init=False``: see :meth:`LoRALinear.add_adapter`.
     """
-    touched = find_targets(model, targets)
     modules = dict(model.named_modules())
+    touched = find_targets(model, targets, modules)
     clash = [q for q in touched if isinstance(modules[q], LoRALinear) and adapter_name in modules[q].lora_A]
     if clash:  # checked up front so a refused injection leaves the model as it was
         raise LoRAError(f"adapter {adapter_name!r} already exists on {clash[0]}; delete it first")
@@ -191,7 +203,7 @@ def inject_lora(
             layer = LoRALinear(layer)
             parent, _, leaf = qname.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, leaf, layer)
-        layer.add_adapter(adapter_name, r=r, alpha=alpha, dropout=dropout)
+        layer.add_adapter(adapter_name, r=r, alpha=alpha, dropout=dropout, init=init)
     return touched
 
 
