@@ -94,7 +94,7 @@ class SoakServer(TeacherServer):
 class DistillOnlyFactory(SkillFactory):
     """The real factory, on its path for a fact the base model already knows: distill, then complete."""
 
-    def _base_knows(self, fact) -> bool:
+    def _base_knows(self, fact, given=None) -> bool:
         return True
 
 
