@@ -89,7 +89,7 @@ class Autodidact:
             rec["answer_confidence_before"] = round(ans.min_prob, 4)
         if (skill is None or weak) and self.learn:
             t = time.perf_counter()
-            rec["answer_before"] = ans.text if ans is not None else self.manager.generate(None, q, self.max_new_tokens)
+            rec["answer_before"] = (ans if ans is not None else self._answer(None, q)).text
             stages["answer_before"] = round(time.perf_counter() - t, 3)
             why = (f"skill {skill!r} is unsure of its answer ({ans.min_prob:.2f} < {self.detector.answer_threshold})"
                    if weak else f"confidence {r.confidence:.3f} < {self.threshold}")

@@ -227,7 +227,7 @@ class _Index:
     # which was ~3x faster than q @ keys.T on this CPU at 1000 skills (23k rows, 35 MB per query).
     keys_t: torch.Tensor = field(default_factory=lambda: torch.empty(EMBED_DIM, 0))
     owner: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))  # (R,) skill idx
-    start: tuple[int, ...] = ()  # first row of each skill in ``keys``
+    start: tuple[int, ...] = ()  # first key row (column of ``keys_t``) of each skill
     vocabs: tuple[Vocab, ...] = ()
     idf: dict[str, float] = field(default_factory=dict)
     unseen_idf: float = 1.0
