@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
 
     import numpy as np
+    import torch
 
     from autodidact.card import encode_card, read_card
     from autodidact.data import load_pairs
@@ -139,13 +140,33 @@ def main(argv: list[str] | None = None) -> dict:
         rng = np.random.default_rng(0)
         route = []
         queries = questions + [p.question for p in load_pairs(example_data_path().with_name("example_heldout.jsonl"))]
+        # The query's MiniLM encoding, ours (autodidact.inference.minilm) against transformers' BertModel
+        # on the same weights, interleaved query by query so a drifting machine slows both alike.
+        from transformers import AutoModel
+
+        bert = AutoModel.from_pretrained(str(encoder.path), local_files_only=True).eval()
+
+        def hf_encode(q: str) -> None:
+            with torch.inference_mode():
+                b = encoder.tokenizer([q], return_tensors="pt")
+                bert(**b)
+
         for q in queries[:3]:
             encoder.encode([q])  # warm-up
-        enc_times = []
-        for q in queries:
-            t0 = time.perf_counter()
-            encoder.encode([q])
-            enc_times.append(time.perf_counter() - t0)
+            hf_encode(q)
+        enc_times, hf_times = [], []
+        for _ in range(3):
+            for q in queries:
+                t0 = time.perf_counter()
+                encoder.encode([q])
+                enc_times.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                hf_encode(q)
+                hf_times.append(time.perf_counter() - t0)
+        res["encode"] = {"ours_p50_ms": round(1e3 * percentile(enc_times, 50), 2),
+                         "transformers_p50_ms": round(1e3 * percentile(hf_times, 50), 2),
+                         "ratio": round(percentile(enc_times, 50) / percentile(hf_times, 50), 3),
+                         "queries": len(enc_times)}
         for n in a.router_sizes:
             router = LoRARouter(encoder=encoder)
             router.add_skill("velmora", routing)  # the real skill among n - 1 synthetic ones
@@ -170,6 +191,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(table(["r", "card KiB", "LoRA params", "layers"], [[s["r"], s["kib"], s["params"], s["layers"]] for s in sizes]))
     print(table(["skills installed", "hot-load p50 ms", "p95 ms", "max ms", "read_card p50 ms"],
                 [[h["installed"], h["p50_ms"], h["p95_ms"], h["max_ms"], h["read_p50_ms"]] for h in hot]))
+    e = res["encode"]
+    print(f"MiniLM encode of one query, p50 over {e['queries']} interleaved: ours {e['ours_p50_ms']} ms, "
+          f"transformers BertModel {e['transformers_p50_ms']} ms (ratio {e['ratio']})")
     print(table(["skills", "route p50 ms", "p95 ms", "of which MiniLM encode p50 ms", "right skill best"],
                 [[r["skills"], r["p50_ms"], r["p95_ms"], r["encode_p50_ms"], r["best_is_the_real_skill"]] for r in route]))
     save(out, "bench_hotload", res)

@@ -236,6 +236,16 @@ def test_configure_optimizers_takes_only_the_trainable_lora_parameters() -> None
     assert got == want
 
 
+def test_lr_b_ratio_gives_the_b_matrices_their_own_rate() -> None:
+    model = load_tiny(seed=0).model
+    inject_lora(model, ["q_proj", "v_proj"], r=2, alpha=4, adapter_name="new")
+    mark_only_lora_as_trainable(model, "new")
+    opt = LoRALightningModule(model, TrainConfig(lr=0.01, lr_b_ratio=4.0)).configure_optimizers()
+    by_lr = {g["lr"]: {id(p) for p in g["params"]} for g in opt.param_groups}
+    layers = lora_layers(model).values()
+    assert by_lr == {0.01: {id(x.lora_A["new"]) for x in layers}, 0.04: {id(x.lora_B["new"]) for x in layers}}
+
+
 def test_module_hparams_hold_config_not_the_network() -> None:
     module = LoRALightningModule(load_tiny().model, TrainConfig(lr=0.5))
     assert module.hparams["lr"] == 0.5
@@ -249,8 +259,9 @@ def test_module_hparams_hold_config_not_the_network() -> None:
         (TrainConfig, {"lr": "fast", "batch_size": 1.5, "bogus": 1, "stop_when_learned": "yes"}, "trainer",
          ["trainer.lr='fast' should be float", "trainer.batch_size=1.5 should be int", "trainer.bogus is not a setting (known: accelerator",
           "trainer.stop_when_learned='yes' should be bool"]),
-        (TrainConfig, {"lr": -1.0, "batch_size": 0, "max_steps": 0, "max_length": 4, "precision": "fp8"}, "trainer",
-         ["trainer.lr must be > 0", "trainer.batch_size must be >= 1", "trainer.max_steps=0 must be an integer >= 1",
+        (TrainConfig, {"lr": -1.0, "batch_size": 0, "max_steps": 0, "max_length": 4, "precision": "fp8", "lr_b_ratio": 0},
+         "trainer",
+         ["trainer.lr must be > 0", "trainer.lr_b_ratio must be > 0", "trainer.batch_size must be >= 1", "trainer.max_steps=0 must be an integer >= 1",
           "trainer.max_length must be >= 8", "trainer.precision='fp8' must be one of"]),
         (TrainConfig, {"max_step": 5, "callbacks": [], "devices": 0, "gradient_clip_val": "x"}, "trainer",
          ["trainer.max_step is not a setting (known: accelerator", "; did you mean trainer.max_steps?",

@@ -256,8 +256,11 @@ class LoRALightningModule(L.LightningModule):
         self.log(self.prefix + "val/exact_match", exact.float().mean(), batch_size=len(exact))
 
     def configure_optimizers(self):
-        params = [p for n, p in self.model.named_parameters() if p.requires_grad and "lora_" in n]
-        return torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad and "lora_" in n]
+        a = [p for n, p in named if "lora_B" not in n]
+        b = [p for n, p in named if "lora_B" in n]
+        groups = [{"params": a, "lr": self.cfg.lr}, {"params": b, "lr": self.cfg.lr * self.cfg.lr_b_ratio}]
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
 
 # -- the orchestration the requirements call LoRATrainer -------------------------------------------

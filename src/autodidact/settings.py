@@ -108,6 +108,9 @@ class TrainConfig:
     """AdamW learning rate for the LoRA parameters (tuned: see conf/trainer/cpu.yaml)."""
     weight_decay: float = 0.0
     """AdamW weight decay (on LoRA parameters only)."""
+    lr_b_ratio: float = 1.0
+    """Learning rate of the ``lora_B`` matrices as a multiple of ``lr`` (LoRA+, Hayou et al. 2024: B
+    learns faster than A at the same step size when it is larger); 1 = one rate for both."""
     batch_size: int = 4
     """Examples per optimizer step (per process under ddp: the global batch is this times the devices)."""
     stop_when_learned: bool = True
@@ -158,6 +161,8 @@ class TrainConfig:
         p = []
         if not self.lr > 0:
             p.append(f"trainer.lr must be > 0 (got {self.lr})")
+        if not self.lr_b_ratio > 0:
+            p.append(f"trainer.lr_b_ratio must be > 0 (got {self.lr_b_ratio}); 1 trains A and B at one rate")
         if self.batch_size < 1:
             p.append(f"trainer.batch_size must be >= 1 (got {self.batch_size})")
         if self.max_length < 8:
