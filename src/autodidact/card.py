@@ -45,7 +45,7 @@ import torch.nn as nn
 
 from autodidact.errors import AutodidactError
 from autodidact.fileio import atomic_write_bytes
-from autodidact.inference.lora_layer import LoRAError, LoRALinear, inject_lora
+from autodidact.inference.lora_layer import LoRAError, LoRALinear, inject_lora, lora_layers
 
 FORMAT_VERSION = 1
 META_KEY = b"autodidact"
@@ -378,10 +378,14 @@ def check_card_fits(card: Card, model: nn.Module, fingerprint: str) -> None:
         raise CardError(card.path, f"was trained on base model {name!r} ({want}), but the loaded base model "
                                    f"has fingerprint {fingerprint}; load it with the model it was trained on, "
                                    "or retrain the skill")
-    modules = dict(model.named_modules())
+    lora = lora_layers(model)  # cached: most of a card's layers already carry adapters
+    modules: dict[str, nn.Module] | None = None
     for name, t in card.tensors.items():
         layer, kind = name.rsplit(".", 1)
-        m = modules.get(layer)
+        m = lora.get(layer)
+        if m is None:
+            modules = dict(model.named_modules()) if modules is None else modules
+            m = modules.get(layer)
         base = m.base_layer if isinstance(m, LoRALinear) else m
         if not isinstance(base, nn.Linear):
             raise CardError(card.path, f"tensor {name}: the model has no linear layer {layer!r}")

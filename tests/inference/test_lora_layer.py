@@ -344,3 +344,36 @@ def test_an_adapter_about_to_be_overwritten_skips_the_random_init() -> None:
     x = torch.randn(3, 8)
     layer.set_adapter("blank")
     assert torch.equal(layer(x), layer.base_layer(x))
+
+
+def _walked(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def test_lora_layers_cache_follows_injection_and_replaced_parents() -> None:
+    """``lora_layers`` is cached per model; what it returns must always equal a fresh walk."""
+    model = load_tiny(seed=0).model
+    inject_lora(model, ["q_proj"], r=2, alpha=4, adapter_name="a")
+    assert lora_layers(model) == _walked(model) and len(_walked(model)) == 2
+    inject_lora(model, ["v_proj"], r=2, alpha=4, adapter_name="b")  # new wrappers: the cache must see them
+    assert lora_layers(model) == _walked(model) and len(_walked(model)) == 4
+    first = model.model.layers[0]
+    model.model.layers[0] = nn.Identity()  # a parent swapped out, as train.py's release of frozen layers does
+    assert lora_layers(model) == _walked(model) and len(_walked(model)) == 2
+    model.model.layers[0] = first
+    assert lora_layers(model) == _walked(model) and len(_walked(model)) == 4
+    got = lora_layers(model)
+    got.clear()  # callers get a copy: mutating it leaves the cache alone
+    assert lora_layers(model) == _walked(model)
+
+
+def test_injecting_by_full_path_on_wrapped_layers_matches_the_walk() -> None:
+    """The no-walk path (every target a full path that already carries adapters) touches exactly the
+    layers, in the order, that the walk would, and still refuses a name clash."""
+    model = load_tiny(seed=0).model
+    names = inject_lora(model, ["q_proj", "v_proj"], r=2, alpha=4, adapter_name="a")
+    again = inject_lora(model, list(reversed(names)), r=2, alpha=4, adapter_name="b")
+    assert again == names
+    assert all("b" in m.lora_A for m in lora_layers(model).values())
+    with pytest.raises(LoRAError, match="already exists"):
+        inject_lora(model, names, r=2, alpha=4, adapter_name="b")

@@ -36,7 +36,7 @@ from autodidact.inference.lora_router import (
     encode_routing_key,
     routing_key_from_questions,
 )
-from autodidact.inference.route_features import Vocab, matches, word_counts, words
+from autodidact.inference.route_features import Vocab, idf_table, matches, word_counts, words
 from autodidact.learning_queue import LearningEvent, LearningQueue
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -629,6 +629,39 @@ def test_add_replace_remove_skills(encoder, real_cards) -> None:
         router.remove_skill("nope")
     with pytest.raises(RoutingError, match="reserved"):
         router.add_skill(NO_SKILL, real_cards["hexmoor_rules"])
+
+
+def test_skills_added_one_by_one_index_exactly_as_added_together(encoder, real_cards, generated_cards) -> None:
+    """A hot-load writes the new skill's key rows into the index's spare columns; the result must be
+    the index a full rebuild makes, across buffer growth, replacement and removal."""
+    cards = {**real_cards, **dict(list(generated_cards.items())[:40])}  # ~600 key rows: the buffer grows
+    one = LoRARouter(encoder=encoder)
+    for name, card in cards.items():
+        one.add_skill(name, card)
+    bulk = LoRARouter(encoder=encoder)
+    bulk.add_skills(cards.items())
+
+    def same(a: LoRARouter, b: LoRARouter) -> None:
+        x, y = a._index, b._index
+        assert x.names == y.names and x.start == y.start and x.idf == y.idf and x.unseen_idf == y.unseen_idf
+        assert torch.equal(x.keys_t, y.keys_t) and torch.equal(x.owner, y.owner)
+        assert (x.idf, x.unseen_idf) == idf_table(x.vocabs)  # the incremental counts match a recount
+
+    same(one, bulk)
+    queries = [PARAPHRASES[0][0], NEAR_MISSES[0], UNRELATED[0]]
+    before = one._index  # a snapshot a concurrent route() may hold
+    rows_before = before.keys_t.clone()
+    one.add_skill("late", real_cards["hexmoor_rules"])
+    bulk.add_skill("late", real_cards["hexmoor_rules"])
+    same(one, bulk)
+    assert torch.equal(before.keys_t, rows_before)  # the append left the old snapshot's columns alone
+    one.add_skill("late", real_cards["brindlemark_mayor"])  # replaced
+    one.remove_skill(next(iter(real_cards)))
+    bulk.add_skill("late", real_cards["brindlemark_mayor"])
+    bulk.remove_skill(next(iter(real_cards)))
+    same(one, bulk)
+    for a, b in zip(one.route_batch(queries), bulk.route_batch(queries), strict=True):
+        assert a.probs == b.probs
 
 
 def test_route_batch_matches_route(encoder, real_cards) -> None:

@@ -27,8 +27,9 @@ import binascii
 import logging
 import threading
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,7 +38,7 @@ import torch
 
 from autodidact.errors import AutodidactError, ConfigError
 from autodidact.inference.encoder import EMBED_DIM, MODEL_NAME, SentenceEncoder, get_encoder
-from autodidact.inference.route_features import Vocab, idf_table, word_counts, word_features, words
+from autodidact.inference.route_features import Vocab, idf_from_df, word_counts, word_features, words
 from autodidact.inference.router_config import RouterConfig  # noqa: F401 - re-exported
 from autodidact.learning_queue import LearningEvent
 
@@ -248,8 +249,12 @@ class LoRARouter:
         """``encoder`` defaults to the process-wide MiniLM (``config.encoder_path``), loaded lazily."""
         self.config = config or RouterConfig()
         self._encoder = encoder
+        # name -> (its key rows transposed, (384, n), contiguous; its vocabulary)
         self._skills: dict[str, tuple[torch.Tensor, Vocab]] = {}
         self._index = _Index()
+        self._keys_buf: torch.Tensor | None = None  # (384, capacity): keys_t is a view of its first columns
+        self._owner_buf: torch.Tensor | None = None  # (capacity,)
+        self._df: Counter[str] = Counter()  # word -> installed skills using it (for the IDF)
         self._lock = threading.Lock()
         self._w = torch.tensor(self.config.weights)
         self._ws = torch.tensor(self.config.subject_weights)
@@ -279,16 +284,21 @@ class LoRARouter:
             key = decode_routing_key(keys)
         else:
             key = torch.from_numpy(_as_key_array(keys))
+        entry = (key.T.contiguous(), vocab or Vocab(frozenset(), frozenset()))
         with self._lock:
-            self._skills[name] = (key, vocab or Vocab(frozenset(), frozenset()))
-            self._rebuild()
+            new = name not in self._skills
+            self._skills[name] = entry
+            if new:
+                self._append(name, *entry)
+            else:
+                self._rebuild()
 
     def add_skills(self, items: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
         """Install many skills from routing dicts with one index rebuild (start-up, benchmarks)."""
         decoded = [(n, decode_routing_key(d), decode_routing_vocab(d)) for n, d in items]
         with self._lock:
             for n, k, v in decoded:
-                self._skills[n] = (k, v)
+                self._skills[n] = (k.T.contiguous(), v)
             self._rebuild()
 
     def remove_skill(self, name: str) -> None:
@@ -299,27 +309,51 @@ class LoRARouter:
             del self._skills[name]
             self._rebuild()
 
+    # The index's key matrix and owner vector are views into buffers with spare columns, so a new skill
+    # (a hot-load) is written into the free columns in place: the rows already there are never copied.
+    # Snapshots taken before read only the columns they had, which an append never touches. A removal or
+    # a replacement builds fresh buffers (older snapshots keep the old ones). Copying the whole matrix
+    # on each hot-load cost ~5 ms at 100 skills and ~100 ms at 1000 on this CPU, most of it page faults.
+
     def _rebuild(self) -> None:
         names = tuple(self._skills)
+        self._df = Counter()
         if not names:
-            self._index = _Index()
+            self._index, self._keys_buf, self._owner_buf = _Index(), None, None
             return
-        keys = [self._skills[n][0] for n in names]
-        vocabs = tuple(self._skills[n][1] for n in names)
-        starts, total = [], 0
-        for k in keys:
-            starts.append(total)
-            total += len(k)
-        idf, unseen = idf_table(vocabs)
-        self._index = _Index(
-            names=names,
-            keys_t=torch.cat(keys).T.contiguous(),
-            owner=torch.cat([torch.full((len(k),), i, dtype=torch.long) for i, k in enumerate(keys)]),
-            start=tuple(starts),
-            vocabs=vocabs,
-            idf=idf,
-            unseen_idf=unseen,
+        rows = sum(self._skills[n][0].shape[1] for n in names)
+        self._keys_buf = torch.empty(EMBED_DIM, max(2 * rows, 256))
+        self._owner_buf = torch.empty(self._keys_buf.shape[1], dtype=torch.long)
+        self._index = _Index()
+        for n in names:
+            self._append(n, *self._skills[n], publish=False)
+        self._publish(self._index)
+
+    def _append(self, name: str, key_t: torch.Tensor, vocab: Vocab, publish: bool = True) -> None:
+        index, rows, n = self._index, self._index.keys_t.shape[1], key_t.shape[1]
+        if self._keys_buf is None or rows + n > self._keys_buf.shape[1] or (
+            rows and index.keys_t.data_ptr() != self._keys_buf.data_ptr()
+        ):
+            self._rebuild()  # no room (or no buffer yet): fresh buffers with room to spare; holds ``name``
+            return
+        self._keys_buf[:, rows : rows + n] = key_t
+        self._owner_buf[rows : rows + n] = len(index.names)
+        self._df.update(vocab.words)
+        index = _Index(
+            names=(*index.names, name),
+            keys_t=self._keys_buf[:, : rows + n],
+            owner=self._owner_buf[: rows + n],
+            start=(*index.start, rows),
+            vocabs=(*index.vocabs, vocab),
         )
+        if publish:
+            self._publish(index)
+        else:
+            self._index = index
+
+    def _publish(self, index: _Index) -> None:
+        idf, unseen = idf_from_df(self._df, len(index.names))
+        self._index = replace(index, idf=idf, unseen_idf=unseen)
 
     def route(self, query: str) -> RouteResult:
         """Route one query; EmptyQueryError if it is blank."""
