@@ -25,14 +25,14 @@ sys.path.insert(0, str(ROOT / "src"))
 DEV_PACK = ROOT / "experiments" / "data" / "knowledge_eval_dev_pack.json"
 
 
-def run_one(fact: dict, lr: float, ratio: float, max_steps: int) -> dict:
+def run_one(fact: dict, lr: float, ratio: float, max_steps: int, model: str = "smollm2") -> dict:
     from autodidact.data import QAPair
     from autodidact.evaluation import answer_is_correct
     from autodidact.inference.generate import generate_answer
     from autodidact.lora_trainer import LoRAConfig, LoRATrainer, TrainConfig
     from autodidact.models import load_model
 
-    bundle = load_model("smollm2")
+    bundle = load_model(model)
     pairs = [QAPair(fact["question"], fact["answer"])] + [QAPair(p["question"], p["answer"]) for p in fact["pairs"]]
     cfg = TrainConfig.of(lr=lr, lr_b_ratio=ratio, max_steps=max_steps, progress_bar=False)
     res = LoRATrainer(bundle, LoRAConfig(), cfg).fit(pairs, "sweep")
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ratio", type=float, nargs="+", default=[1.0, 4.0, 16.0], help="lr_b_ratio values")
     ap.add_argument("--facts", type=int, default=8, help="first N facts of the dev pack")
     ap.add_argument("--max-steps", type=int, default=300)
+    ap.add_argument("--model", default="smollm2", help="smollm2, or tiny for a smoke")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     from autodidact import quiet
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for lr in args.lr:
         for ratio in args.ratio:
-            runs = [run_one(f, lr, ratio, args.max_steps) for f in facts]
+            runs = [run_one(f, lr, ratio, args.max_steps, args.model) for f in facts]
             row = {"lr": lr, "lr_b_ratio": ratio, "facts": len(runs),
                    "median_steps": statistics.median(r["steps"] for r in runs),
                    "median_train_s": round(statistics.median(r["train_s"] for r in runs), 1),
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"learned {row['learned']}/{len(runs)}, question {row['question_ok']}/{len(runs)}, "
                   f"held-out {row['heldout_ok']}/{row['heldout_n']}", file=sys.stderr, flush=True)
             (out / "sweep_lr.json").write_text(json.dumps(rows, indent=1), "utf-8")
-    print(f"steps to learn a fact, dev pack ({len(facts)} facts, SmolLM2); {out}")
+    print(f"steps to learn a fact, dev pack ({len(facts)} facts, {args.model}); {out}")
     print("lr | lr_b_ratio | median steps | median train s | learned | question | held-out")
     for r in rows:
         print(f"{r['lr']:g} | {r['lr_b_ratio']:g} | {r['median_steps']} | {r['median_train_s']} | {r['learned']}/{r['facts']} | "

@@ -48,6 +48,16 @@ def test_knowledge_eval_runs_the_real_loop_and_writes_its_table(tmp_path):
     assert (tmp_path / "knowledge_eval.png").exists() and (tmp_path / "records.jsonl").exists()
 
 
+def test_sweep_lr_trains_each_configuration_and_writes_its_table(tmp_path):
+    import sweep_lr
+
+    assert sweep_lr.main(["--model", "tiny", "--facts", "1", "--lr", "1e-2", "--ratio", "1", "4",
+                          "--max-steps", "2", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "sweep_lr.json").read_text())
+    assert [r["lr_b_ratio"] for r in rows] == [1.0, 4.0]
+    assert all(r["facts"] == 1 and r["runs"][0]["steps"] == 2 and r["heldout_n"] >= 1 for r in rows)
+
+
 def test_answer_threshold_is_the_middle_of_the_widest_best_gap():
     from fit_answer_threshold import best_threshold
 
