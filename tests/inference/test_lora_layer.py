@@ -377,3 +377,24 @@ def test_injecting_by_full_path_on_wrapped_layers_matches_the_walk() -> None:
     assert all("b" in m.lora_A for m in lora_layers(model).values())
     with pytest.raises(LoRAError, match="already exists"):
         inject_lora(model, names, r=2, alpha=4, adapter_name="b")
+
+
+def test_a_walk_overtaken_by_an_injection_is_not_cached() -> None:
+    """A walk that a concurrent injection overtakes must not store its (now incomplete) result."""
+    import autodidact.inference.lora_layer as ll
+
+    model = load_tiny(seed=0).model
+    inject_lora(model, ["q_proj"], r=2, alpha=4, adapter_name="a")
+    ll._LORA_LAYERS.clear()
+    walk = model.named_modules
+
+    def overtaken(*args, **kwargs):  # another thread wraps v_proj while this walk is under way
+        out = list(walk(*args, **kwargs))
+        del model.named_modules  # the real walk again, for the injection's own lookups
+        inject_lora(model, ["v_proj"], r=2, alpha=4, adapter_name="b")
+        return iter(out)
+
+    model.named_modules = overtaken
+    stale = lora_layers(model)
+    assert len(stale) == 2 and model not in ll._LORA_LAYERS  # the stale walk was returned, not kept
+    assert lora_layers(model) == _walked(model) and len(_walked(model)) == 4

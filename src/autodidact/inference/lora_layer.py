@@ -20,6 +20,7 @@ keeps the original module as ``base_layer`` â€” the same object, never a copy â€
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from collections.abc import Iterable
 
@@ -220,14 +221,20 @@ def inject_lora(
 # model -> its LoRA layers by qualified name, from the last walk. Hot-loading and switching skills ask
 # for them several times per card; a walk of SmolLM2's ~700 modules costs 1-2 ms on this CPU each time.
 _LORA_LAYERS: weakref.WeakKeyDictionary[nn.Module, dict[str, LoRALinear]] = weakref.WeakKeyDictionary()
+# Bumped whenever a LoRA layer enters a module tree. A walk stores its result only if no bump came
+# while it ran, so a hot-load in one thread cannot leave another thread's older walk in the cache.
+_GENERATION = [0]
+_CACHE_LOCK = threading.Lock()
 
 
 def _forget_on_new_lora_layer(parent: nn.Module, name: str, sub: nn.Module | None) -> None:
     """torch calls this whenever any module gets a child (``setattr``, ``add_module``, a ModuleList
     slot): a subtree bringing LoRA layers in (``inject_lora`` wrapping a layer, a layer put back)
     voids every cached map. Removals need no hook: each use re-checks the cached paths."""
-    if _LORA_LAYERS and sub is not None and any(isinstance(m, LoRALinear) for m in sub.modules()):
-        _LORA_LAYERS.clear()
+    if sub is not None and any(isinstance(m, LoRALinear) for m in sub.modules()):
+        with _CACHE_LOCK:
+            _GENERATION[0] += 1
+            _LORA_LAYERS.clear()
 
 
 nn.modules.module.register_module_module_registration_hook(_forget_on_new_lora_layer)
@@ -247,8 +254,11 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
                 return dict(cached)
         except AttributeError:
             pass
+    generation = _GENERATION[0]
     found = {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
-    _LORA_LAYERS[model] = found
+    with _CACHE_LOCK:
+        if _GENERATION[0] == generation:
+            _LORA_LAYERS[model] = found
     return dict(found)
 
 
