@@ -664,6 +664,24 @@ def test_skills_added_one_by_one_index_exactly_as_added_together(encoder, real_c
         assert a.probs == b.probs
 
 
+def test_a_rebuild_publishes_its_index_once(encoder, real_cards, monkeypatch) -> None:
+    """route() reads the index without the lock: while a removal rebuilds it, what route() can see is
+    the old index, whole, until the new one replaces it in one assignment."""
+    router = make_router(encoder, real_cards)
+    old = router._index
+    seen = []
+    appended = LoRARouter._appended
+
+    def spy(self, index, *args):
+        seen.append(self._index)  # what a concurrent route() would read at this moment
+        return appended(self, index, *args)
+
+    monkeypatch.setattr(LoRARouter, "_appended", spy)
+    router.remove_skill(next(iter(real_cards)))
+    assert seen and all(x is old for x in seen)
+    assert router._index.names == tuple(list(real_cards)[1:])
+
+
 def test_route_batch_matches_route(encoder, real_cards) -> None:
     router = make_router(encoder, real_cards)
     queries = [PARAPHRASES[0][0], NEAR_MISSES[0], UNRELATED[0]]

@@ -316,6 +316,8 @@ class LoRARouter:
     # on each hot-load cost ~5 ms at 100 skills and ~100 ms at 1000 on this CPU, most of it page faults.
 
     def _rebuild(self) -> None:
+        # Built aside and published with one assignment: a concurrent route() sees the old index or
+        # the new one, never a half-built one.
         names = tuple(self._skills)
         self._df = Counter()
         if not names:
@@ -324,36 +326,38 @@ class LoRARouter:
         rows = sum(self._skills[n][0].shape[1] for n in names)
         self._keys_buf = torch.empty(EMBED_DIM, max(2 * rows, 256))
         self._owner_buf = torch.empty(self._keys_buf.shape[1], dtype=torch.long)
-        self._index = _Index()
+        index = _Index()
         for n in names:
-            self._append(n, *self._skills[n], publish=False)
-        self._publish(self._index)
+            index = self._appended(index, n, *self._skills[n])
+        self._index = self._with_idf(index)
 
-    def _append(self, name: str, key_t: torch.Tensor, vocab: Vocab, publish: bool = True) -> None:
-        index, rows, n = self._index, self._index.keys_t.shape[1], key_t.shape[1]
+    def _append(self, name: str, key_t: torch.Tensor, vocab: Vocab) -> None:
+        index, n = self._index, key_t.shape[1]
+        rows = index.keys_t.shape[1]
         if self._keys_buf is None or rows + n > self._keys_buf.shape[1] or (
             rows and index.keys_t.data_ptr() != self._keys_buf.data_ptr()
         ):
             self._rebuild()  # no room (or no buffer yet): fresh buffers with room to spare; holds ``name``
             return
+        self._index = self._with_idf(self._appended(index, name, key_t, vocab))
+
+    def _appended(self, index: _Index, name: str, key_t: torch.Tensor, vocab: Vocab) -> _Index:
+        """``index`` plus one skill, its rows written into the buffers' next free columns."""
+        rows, n = index.keys_t.shape[1], key_t.shape[1]
         self._keys_buf[:, rows : rows + n] = key_t
         self._owner_buf[rows : rows + n] = len(index.names)
         self._df.update(vocab.words)
-        index = _Index(
+        return _Index(
             names=(*index.names, name),
             keys_t=self._keys_buf[:, : rows + n],
             owner=self._owner_buf[: rows + n],
             start=(*index.start, rows),
             vocabs=(*index.vocabs, vocab),
         )
-        if publish:
-            self._publish(index)
-        else:
-            self._index = index
 
-    def _publish(self, index: _Index) -> None:
+    def _with_idf(self, index: _Index) -> _Index:
         idf, unseen = idf_from_df(self._df, len(index.names))
-        self._index = replace(index, idf=idf, unseen_idf=unseen)
+        return replace(index, idf=idf, unseen_idf=unseen)
 
     def route(self, query: str) -> RouteResult:
         """Route one query; EmptyQueryError if it is blank."""
