@@ -200,7 +200,7 @@ def inject_lora(
         # A card names full paths; once they all carry adapters (every skill after the first), the
         # injection needs no walk of the model's ~700 modules (about 1-2 ms each on a CPU).
         wanted = set(targets)
-        modules: dict[str, nn.Module] = dict(lora)
+        modules: dict[str, nn.Module] = lora  # already this call's own copy
         touched = [q for q in lora if q in wanted]
     else:
         modules = dict(model.named_modules())

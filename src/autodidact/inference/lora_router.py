@@ -313,7 +313,7 @@ class LoRARouter:
     # (a hot-load) is written into the free columns in place: the rows already there are never copied.
     # Snapshots taken before read only the columns they had, which an append never touches. A removal or
     # a replacement builds fresh buffers (older snapshots keep the old ones). Copying the whole matrix
-    # on each hot-load cost ~5 ms at 100 skills and ~100 ms at 1000 on this CPU, most of it page faults.
+    # on each hot-load cost 5-13 ms at 100 skills and 105-190 ms at 1000 on this CPU, mostly page faults.
 
     def _rebuild(self) -> None:
         # Built aside and published with one assignment: a concurrent route() sees the old index or
@@ -334,9 +334,7 @@ class LoRARouter:
     def _append(self, name: str, key_t: torch.Tensor, vocab: Vocab) -> None:
         index, n = self._index, key_t.shape[1]
         rows = index.keys_t.shape[1]
-        if self._keys_buf is None or rows + n > self._keys_buf.shape[1] or (
-            rows and index.keys_t.data_ptr() != self._keys_buf.data_ptr()
-        ):
+        if self._keys_buf is None or rows + n > self._keys_buf.shape[1]:
             self._rebuild()  # no room (or no buffer yet): fresh buffers with room to spare; holds ``name``
             return
         self._index = self._with_idf(self._appended(index, name, key_t, vocab))

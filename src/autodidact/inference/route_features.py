@@ -207,7 +207,7 @@ def idf_table(vocabs: Iterable[Vocab]) -> tuple[dict[str, float], float]:
 
 def idf_from_df(df: Mapping[str, int], n: int) -> tuple[dict[str, float], float]:
     """``idf_table`` from document frequencies (word -> skills using it) over ``n`` skills."""
-    return {w: math.log((1 + n) / (1 + d)) + 1 for w, d in df.items() if d > 0}, math.log(1 + n) + 1
+    return {w: math.log((1 + n) / (1 + d)) + 1 for w, d in df.items()}, math.log(1 + n) + 1
 
 
 def word_features(query_words: list[str], vocab: Vocab, idf: Mapping[str, float], unseen: float) -> tuple[float, float, float]:
