@@ -1,14 +1,17 @@
-"""Steps to learn a fact at several learning rates, on the knowledge-evaluation DEV pack (never the test pack).
+"""Steps to learn a fact at several learning rates and batch sizes, on the knowledge-evaluation DEV pack
+(never the test pack).
 
     .venv/bin/python experiments/sweep_lr.py                                  # the grid below, 8 dev facts
+    .venv/bin/python experiments/sweep_lr.py --lr 1e-2 --ratio 1 --batch 2 4  # batch sizes
     .venv/bin/python experiments/sweep_lr.py --lr 1e-2 --ratio 1 4 --facts 2  # a smoke
 
-For each (lr, lr_b_ratio) and each dev fact: a fresh SmolLM2, a fresh adapter, trained as ``train.py``
-trains (conf/lora defaults, batch 4, stop once every training answer is reproduced) on the fact's
+For each (lr, lr_b_ratio, batch size) and each dev fact: a fresh SmolLM2, a fresh adapter, trained as
+``train.py`` trains (conf/lora defaults, stop once every training answer is reproduced) on the fact's
 teacher pairs plus its question; then the question and its held-out rephrasings are answered greedily
 with the adapter. Prints one row per configuration (median steps and training seconds, how many facts
 were learned within the step budget, question and held-out accuracy) and writes ``sweep_lr.json``.
-Fewer steps at the same accuracy is what ``trainer.lr`` / ``trainer.lr_b_ratio`` are chosen by.
+Less training time at the same accuracy is what ``trainer.lr`` / ``lr_b_ratio`` / ``batch_size`` are
+chosen by (steps alone mislead across batch sizes).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 DEV_PACK = ROOT / "experiments" / "data" / "knowledge_eval_dev_pack.json"
 
 
-def run_one(fact: dict, lr: float, ratio: float, max_steps: int, model: str = "smollm2") -> dict:
+def run_one(fact: dict, lr: float, ratio: float, batch: int, max_steps: int, model: str = "smollm2") -> dict:
     from autodidact.data import QAPair
     from autodidact.evaluation import answer_is_correct
     from autodidact.inference.generate import generate_answer
@@ -34,7 +37,7 @@ def run_one(fact: dict, lr: float, ratio: float, max_steps: int, model: str = "s
 
     bundle = load_model(model)
     pairs = [QAPair(fact["question"], fact["answer"])] + [QAPair(p["question"], p["answer"]) for p in fact["pairs"]]
-    cfg = TrainConfig.of(lr=lr, lr_b_ratio=ratio, max_steps=max_steps, progress_bar=False)
+    cfg = TrainConfig.of(lr=lr, lr_b_ratio=ratio, batch_size=batch, max_steps=max_steps, progress_bar=False)
     res = LoRATrainer(bundle, LoRAConfig(), cfg).fit(pairs, "sweep")
     m, tok = bundle.model, bundle.tokenizer
     q_ok = answer_is_correct(generate_answer(m, tok, fact["question"]), fact["answer"])
@@ -43,10 +46,21 @@ def run_one(fact: dict, lr: float, ratio: float, max_steps: int, model: str = "s
             "question_ok": q_ok, "heldout_ok": sum(held), "heldout_n": len(held)}
 
 
+def summary(config: tuple[float, float, int], runs: list[dict]) -> dict:
+    lr, ratio, batch = config
+    return {"lr": lr, "lr_b_ratio": ratio, "batch_size": batch, "facts": len(runs),
+            "median_steps": statistics.median(r["steps"] for r in runs),
+            "median_train_s": round(statistics.median(r["train_s"] for r in runs), 1),
+            "learned": sum(r["learned"] for r in runs), "question_ok": sum(r["question_ok"] for r in runs),
+            "heldout_ok": sum(r["heldout_ok"] for r in runs), "heldout_n": sum(r["heldout_n"] for r in runs),
+            "runs": runs}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lr", type=float, nargs="+", default=[1e-2])
     ap.add_argument("--ratio", type=float, nargs="+", default=[1.0, 4.0, 16.0], help="lr_b_ratio values")
+    ap.add_argument("--batch", type=int, nargs="+", default=[4], help="batch sizes (trainer.batch_size)")
     ap.add_argument("--facts", type=int, default=8, help="first N facts of the dev pack")
     ap.add_argument("--max-steps", type=int, default=300)
     ap.add_argument("--model", default="smollm2", help="smollm2, or tiny for a smoke")
@@ -60,25 +74,24 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ROOT / "outputs" / "sweep_lr" / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     facts = json.loads(DEV_PACK.read_text("utf-8"))["facts"][: args.facts]
+    configs = [(lr, ratio, batch) for lr in args.lr for ratio in args.ratio for batch in args.batch]
+    # Fact by fact, every configuration in turn: the machine's speed drifts within minutes, so the
+    # configurations' training seconds are compared over the same minutes.
+    runs: dict[tuple, list[dict]] = {c: [] for c in configs}
     rows = []
-    for lr in args.lr:
-        for ratio in args.ratio:
-            runs = [run_one(f, lr, ratio, args.max_steps, args.model) for f in facts]
-            row = {"lr": lr, "lr_b_ratio": ratio, "facts": len(runs),
-                   "median_steps": statistics.median(r["steps"] for r in runs),
-                   "median_train_s": round(statistics.median(r["train_s"] for r in runs), 1),
-                   "learned": sum(r["learned"] for r in runs), "question_ok": sum(r["question_ok"] for r in runs),
-                   "heldout_ok": sum(r["heldout_ok"] for r in runs), "heldout_n": sum(r["heldout_n"] for r in runs),
-                   "runs": runs}
-            rows.append(row)
-            print(f"lr {lr:g} ratio {ratio:g}: median {row['median_steps']} steps, {row['median_train_s']} s; "
-                  f"learned {row['learned']}/{len(runs)}, question {row['question_ok']}/{len(runs)}, "
-                  f"held-out {row['heldout_ok']}/{row['heldout_n']}", file=sys.stderr, flush=True)
-            (out / "sweep_lr.json").write_text(json.dumps(rows, indent=1), "utf-8")
-    print(f"steps to learn a fact, dev pack ({len(facts)} facts, {args.model}); {out}")
-    print("lr | lr_b_ratio | median steps | median train s | learned | question | held-out")
+    for f in facts:
+        for c in configs:
+            runs[c].append(run_one(f, *c, args.max_steps, args.model))
+        rows = [summary(c, runs[c]) for c in configs]
+        (out / "sweep_lr.json").write_text(json.dumps(rows, indent=1), "utf-8")
     for r in rows:
-        print(f"{r['lr']:g} | {r['lr_b_ratio']:g} | {r['median_steps']} | {r['median_train_s']} | {r['learned']}/{r['facts']} | "
+        print(f"lr {r['lr']:g} ratio {r['lr_b_ratio']:g} batch {r['batch_size']}: median {r['median_steps']} steps, "
+              f"{r['median_train_s']} s; learned {r['learned']}/{r['facts']}, question {r['question_ok']}/{r['facts']}, "
+              f"held-out {r['heldout_ok']}/{r['heldout_n']}", file=sys.stderr, flush=True)
+    print(f"steps to learn a fact, dev pack ({len(facts)} facts, {args.model}); {out}")
+    print("lr | lr_b_ratio | batch | median steps | median train s | learned | question | held-out")
+    for r in rows:
+        print(f"{r['lr']:g} | {r['lr_b_ratio']:g} | {r['batch_size']} | {r['median_steps']} | {r['median_train_s']} | {r['learned']}/{r['facts']} | "
               f"{r['question_ok']}/{r['facts']} | {r['heldout_ok']}/{r['heldout_n']}")
     return 0
 

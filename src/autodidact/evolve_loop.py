@@ -201,13 +201,17 @@ def build_autodidact(cfg: DictConfig, run_dir: str | Path, banner: str | None = 
     from autodidact.lora_manager import LoRAManager
     from autodidact.skill_factory import SkillFactory
     from autodidact.teachers import TRANSCRIPT_NAME, CloudDistiller, build_teacher
-    from autodidact.train_skill import build_logger, load_bundle
+    from autodidact.train_skill import build_logger, load_bundle, start_logger
 
     run_dir = Path(run_dir)
     skills_dir = resolve_skills_dir(s.run.skills_dir)
     if banner:
         print(f"{banner}; skills go to {skills_dir}", file=sys.stderr)
 
+    logger = build_logger(cfg)
+    # W&B's start (a service process, its own imports: ~4 s of the first skill's training before) runs
+    # while the model, the encoder and the skills load; joined below, before anything can log.
+    starting = start_logger(logger)
     bundle = load_bundle(s.model)
     find_targets(bundle.model, s.lora.target_modules)  # a wrong lora.target_modules fails now, not mid-learning
     router = LoRARouter(s.router, get_encoder(s.router.encoder_path))
@@ -217,7 +221,6 @@ def build_autodidact(cfg: DictConfig, run_dir: str | Path, banner: str | None = 
           + (f"; refused {len(changes['refused'])} invalid cards (see log)" if changes["refused"] else ""),
           file=sys.stderr)
     queue = LearningQueue.in_skills_dir(skills_dir, policy=s.queue)
-    logger = build_logger(cfg)
     factory = SkillFactory(
         queue,
         CloudDistiller(build_teacher(s.teacher, run_dir / TRANSCRIPT_NAME), s.teacher.distill, encoder=router.encoder),
@@ -228,6 +231,8 @@ def build_autodidact(cfg: DictConfig, run_dir: str | Path, banner: str | None = 
         work_dir=run_dir / "work",
         logger=logger,
     )
+    if starting is not None:
+        starting.join()
     return Autodidact(manager, router, factory, threshold=s.router.threshold,
                       answer_threshold=s.router.answer_threshold, learn=s.run.learn,
                       max_new_tokens=s.model.max_new_tokens, logger=logger)

@@ -51,10 +51,10 @@ def test_knowledge_eval_runs_the_real_loop_and_writes_its_table(tmp_path):
 def test_sweep_lr_trains_each_configuration_and_writes_its_table(tmp_path):
     import sweep_lr
 
-    assert sweep_lr.main(["--model", "tiny", "--facts", "1", "--lr", "1e-2", "--ratio", "1", "4",
+    assert sweep_lr.main(["--model", "tiny", "--facts", "1", "--lr", "1e-2", "--ratio", "1", "4", "--batch", "2",
                           "--max-steps", "2", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "sweep_lr.json").read_text())
-    assert [r["lr_b_ratio"] for r in rows] == [1.0, 4.0]
+    assert [(r["lr_b_ratio"], r["batch_size"]) for r in rows] == [(1.0, 2), (4.0, 2)]
     assert all(r["facts"] == 1 and r["runs"][0]["steps"] == 2 and r["heldout_n"] >= 1 for r in rows)
 
 

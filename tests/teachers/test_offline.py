@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -69,3 +71,12 @@ def test_a_broken_pack_is_a_config_error(tmp_path):
     bad.write_text('{"facts": [{"topic": "x"}]}')
     with pytest.raises(ConfigError, match="teacher.pack"):
         OfflineProvider(bad)
+
+
+def test_an_offline_teacher_and_the_factory_load_no_cloud_sdk():
+    # openai + anthropic took 2.6-3.6 s to import here: an offline (or replay) run must not pay for them.
+    code = ("import sys; import autodidact.skill_factory; from autodidact.teachers import OfflineProvider; "
+            "OfflineProvider(); loaded = [m for m in ('openai', 'anthropic') if m in sys.modules]; "
+            "print(loaded); sys.exit(1 if loaded else 0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr[-2000:]

@@ -11,6 +11,10 @@ parser reads every provider. A server that refuses ``response_format`` (many Ope
 do, with HTTP 400) is asked again once in plain text, and that provider stays on plain text after.
 
 The API key lives only inside the SDK client; ``repr`` and ``describe`` never show it.
+
+The SDKs are imported when the first provider is made (or an SDK error is mapped), not with this
+module: together they took 2.6-3.6 s to import on the project's machine, which an offline or replay
+run (the distiller imports this module for ``Completion``) would otherwise pay at every start.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import anthropic
-import openai
+if TYPE_CHECKING:
+    import anthropic
+    import openai
 
 from autodidact.teachers.errors import (
     AuthFailed,
@@ -95,6 +100,9 @@ def map_sdk_error(exc: Exception, provider: str, key_hint: str) -> TeacherError:
     with ``status_code``), so one mapping serves both; the status code decides, not the class name.
     Every quote of the server's words goes through ``excerpt``, which scrubs the keys before cutting.
     """
+    import anthropic  # the SDKs load with their first provider, not with this module (see the docstring)
+    import openai
+
     _scrub_sdk_exception(exc)
     timeout_types = (openai.APITimeoutError, anthropic.APITimeoutError)
     connection_types = (openai.APIConnectionError, anthropic.APIConnectionError)
@@ -210,6 +218,8 @@ class OpenAIProvider(_SDKProvider):
     key_env = "OPENAI_API_KEY"
 
     def _make_client(self, api_key: str) -> openai.OpenAI:
+        import openai
+
         return openai.OpenAI(api_key=api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0)
 
     def _request(
@@ -246,6 +256,8 @@ class AnthropicProvider(_SDKProvider):
     key_env = "ANTHROPIC_API_KEY"
 
     def _make_client(self, api_key: str) -> anthropic.Anthropic:
+        import anthropic
+
         return anthropic.Anthropic(api_key=api_key, base_url=self.base_url, timeout=self.timeout, max_retries=0)
 
     def _request(
