@@ -280,3 +280,25 @@ def test_a_weak_answer_from_a_routed_skill_queues_an_event_that_joins_that_skill
     assert event.extra["join"] == "brindlemark" and event.extra["reason"] == "weak answer"
     assert event.extra["answer_confidence"] < 0.99
     assert rec["answer_before"] and rec["skill"] == "brindlemark"
+
+
+def test_the_answer_after_learning_is_the_one_verification_accepted_not_a_second_decode(tmp_path, encoder):
+    skills = tmp_path / "skills"
+    bot = build_bot(skills, encoder)
+    bot.max_new_tokens = bot.factory.config.max_new_tokens  # verified with the budget the loop answers with
+    bot.factory.lora = LoRAConfig(target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                  "down_proj"])  # lora=all_linear: the tiny model learns it
+    calls = []
+    answer = bot.manager.answer
+    bot.manager.answer = lambda skill, q, n: calls.append(skill) or answer(skill, q, n)
+    rec = bot.ask(QUESTION)
+    assert rec["learned"] is True and rec["verified"] is True, rec
+    [job] = bot.factory.queue.list()
+    [verified] = [r for r in job.result["rounds"][-1]["references"] if r["query"] == QUESTION]
+    assert verified["correct"] and rec["answer"] == verified["answer"]
+    assert rec["answer_confidence"] == verified["min_prob"]
+    assert calls == [None]  # the base model's answer before learning; none after it
+    assert rec["stage_seconds"]["answer"] < 0.05
+    # A later question goes to the installed card as before.
+    again = bot.ask(QUESTION)
+    assert again["skill"] == rec["skill"] and again["answer"] == rec["answer"] and calls == [None, rec["skill"]]

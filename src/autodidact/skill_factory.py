@@ -33,7 +33,7 @@ from pathlib import Path
 from autodidact.card import SUFFIX, Card, attach_card, read_card, write_card
 from autodidact.data import QAPair, save_pairs
 from autodidact.evaluation import answer_is_correct, content_words, heldout_scores
-from autodidact.inference.answer import answer_with_confidence, answers_with_confidence
+from autodidact.inference.answer import Answer, answer_with_confidence, answers_with_confidence
 from autodidact.inference.lora_layer import delete_adapter, set_adapter
 from autodidact.inference.lora_router import build_routing
 from autodidact.learning_queue import Job, LearningEvent, LearningQueue, topic_key
@@ -85,9 +85,14 @@ class SkillOutcome:
     """The existing skill the new fact joined (one skill per subject), if any."""
     facts: int | None = None
     """How many facts the deployed skill holds."""
+    answers: dict[str, Answer] = field(default_factory=dict, repr=False)
+    """The deployed card's answers to its facts' questions, from the verification that passed it
+    (the card read back from its bytes, as installed): the caller need not generate them again."""
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        d = dict(self.__dict__)
+        d.pop("answers")  # Answer objects; the verdicts they gave are already in ``rounds``
+        return d
 
 
 MAX_STEM_CHARS = 60
@@ -263,14 +268,15 @@ class SkillFactory:
         self._log_metrics(name, outcome)
         return outcome
 
-    def _check(self, facts: list[Fact]) -> tuple[bool, dict]:
-        """Answer every fact's question and held-out rephrasings with the active adapter; the verdict."""
+    def _check(self, facts: list[Fact]) -> tuple[bool, dict, dict[str, Answer]]:
+        """Answer every fact's question and held-out rephrasings with the active adapter: the verdict,
+        its report, and the answers to the facts' questions."""
         mgr = self.manager
         questions = [q for f in facts for q in (f.query, *(h.question for h in f.heldout))]
         answers = iter(answers_with_confidence(mgr.model, mgr.bundle.tokenizer, questions, self.config.max_new_tokens))
-        refs, held, texts, golds = [], [], [], []
+        refs, held, texts, golds, answered = [], [], [], [], {}
         for f in facts:
-            a = next(answers)
+            a = answered[f.query] = next(answers)
             refs.append({"query": f.query, "answer": a.text, "correct": answer_is_correct(a.text, f.answer),
                          "min_prob": round(a.min_prob, 4)})
             for h in f.heldout:
@@ -282,7 +288,7 @@ class SkillFactory:
         ok = all(r["correct"] for r in refs) and (held_ok / len(held) if held else 1.0) >= self.config.min_heldout_fraction
         scores = heldout_scores(texts, golds)
         return ok, {"references": refs, "heldout_correct": held_ok, "heldout_total": len(held),
-                    "heldout_exact_match": scores["exact_match"], "heldout_token_f1": scores["token_f1"]}
+                    "heldout_exact_match": scores["exact_match"], "heldout_token_f1": scores["token_f1"]}, answered
 
     def _base_knows(self, fact: Fact, given: dict | None = None) -> bool:
         """The base model alone answers the question and every held-out rephrasing.
@@ -344,7 +350,7 @@ class SkillFactory:
                     attach_card(card, mgr.model, mgr.bundle.fingerprint, adapter_name=probe)
                     set_adapter(mgr.model, probe)
                     try:
-                        ok, report = self._check(facts)
+                        ok, report, answered = self._check(facts)
                     finally:
                         set_adapter(mgr.model, None)
                         delete_adapter(mgr.model, probe)
@@ -366,6 +372,7 @@ class SkillFactory:
                     final = write_card(mgr.skills_dir / f"{name}{SUFFIX}", card.tensors, card.meta,
                                        dtype=self.config.card_dtype)
                     outcome.seconds["export"] = round(time.perf_counter() - t, 3)
+                    outcome.answers = answered
                     return Card(final, card.meta, card.tensors), True, None
                 wrong = "; ".join(f"{r['query']!r} -> {r['answer']!r}" for r in refs if not r["correct"])
                 reason = (f"after round {rnd}, {sum(not r['correct'] for r in refs)} of {len(refs)} question(s) "
