@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT / "src"))
 DEV_PACK = ROOT / "experiments" / "data" / "knowledge_eval_dev_pack.json"
 
 
-def run_one(fact: dict, lr: float, ratio: float, batch: int, max_steps: int, model: str = "smollm2") -> dict:
+def run_one(fact: dict, lr: float, ratio: float, batch: int, decay: int, max_steps: int, model: str = "smollm2",
+            warmup: int = 0, floor: float = 0.1) -> dict:
     from autodidact.data import QAPair
     from autodidact.evaluation import answer_is_correct
     from autodidact.inference.generate import generate_answer
@@ -37,7 +38,9 @@ def run_one(fact: dict, lr: float, ratio: float, batch: int, max_steps: int, mod
 
     bundle = load_model(model)
     pairs = [QAPair(fact["question"], fact["answer"])] + [QAPair(p["question"], p["answer"]) for p in fact["pairs"]]
-    cfg = TrainConfig.of(lr=lr, lr_b_ratio=ratio, batch_size=batch, max_steps=max_steps, progress_bar=False)
+    cfg = TrainConfig.of(lr=lr, lr_b_ratio=ratio, batch_size=batch, decay_steps=decay,
+                         warmup_steps=warmup if decay else 0, min_lr_ratio=floor, max_steps=max_steps,
+                         progress_bar=False)
     res = LoRATrainer(bundle, LoRAConfig(), cfg).fit(pairs, "sweep")
     m, tok = bundle.model, bundle.tokenizer
     q_ok = answer_is_correct(generate_answer(m, tok, fact["question"]), fact["answer"])
@@ -46,9 +49,9 @@ def run_one(fact: dict, lr: float, ratio: float, batch: int, max_steps: int, mod
             "question_ok": q_ok, "heldout_ok": sum(held), "heldout_n": len(held)}
 
 
-def summary(config: tuple[float, float, int], runs: list[dict]) -> dict:
-    lr, ratio, batch = config
-    return {"lr": lr, "lr_b_ratio": ratio, "batch_size": batch, "facts": len(runs),
+def summary(config: tuple[float, float, int, int], runs: list[dict]) -> dict:
+    lr, ratio, batch, decay = config
+    return {"lr": lr, "lr_b_ratio": ratio, "batch_size": batch, "decay_steps": decay, "facts": len(runs),
             "median_steps": statistics.median(r["steps"] for r in runs),
             "median_train_s": round(statistics.median(r["train_s"] for r in runs), 1),
             "learned": sum(r["learned"] for r in runs), "question_ok": sum(r["question_ok"] for r in runs),
@@ -61,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, nargs="+", default=[1e-2])
     ap.add_argument("--ratio", type=float, nargs="+", default=[1.0, 4.0, 16.0], help="lr_b_ratio values")
     ap.add_argument("--batch", type=int, nargs="+", default=[4], help="batch sizes (trainer.batch_size)")
+    ap.add_argument("--decay", type=int, nargs="+", default=[0],
+                    help="trainer.decay_steps values (0: constant lr; else warmup, cosine decay, floor)")
+    ap.add_argument("--warmup", type=int, default=0, help="trainer.warmup_steps when decaying")
+    ap.add_argument("--floor", type=float, default=0.1, help="trainer.min_lr_ratio when decaying")
     ap.add_argument("--facts", type=int, default=8, help="first N facts of the dev pack")
     ap.add_argument("--max-steps", type=int, default=300)
     ap.add_argument("--model", default="smollm2", help="smollm2, or tiny for a smoke")
@@ -74,24 +81,26 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ROOT / "outputs" / "sweep_lr" / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     facts = json.loads(DEV_PACK.read_text("utf-8"))["facts"][: args.facts]
-    configs = [(lr, ratio, batch) for lr in args.lr for ratio in args.ratio for batch in args.batch]
+    configs = [(lr, ratio, batch, decay) for lr in args.lr for ratio in args.ratio for batch in args.batch
+               for decay in args.decay]
     # Fact by fact, every configuration in turn: the machine's speed drifts within minutes, so the
     # configurations' training seconds are compared over the same minutes.
     runs: dict[tuple, list[dict]] = {c: [] for c in configs}
     rows = []
     for f in facts:
         for c in configs:
-            runs[c].append(run_one(f, *c, args.max_steps, args.model))
+            runs[c].append(run_one(f, *c, args.max_steps, args.model, args.warmup, args.floor))
         rows = [summary(c, runs[c]) for c in configs]
         (out / "sweep_lr.json").write_text(json.dumps(rows, indent=1), "utf-8")
     for r in rows:
-        print(f"lr {r['lr']:g} ratio {r['lr_b_ratio']:g} batch {r['batch_size']}: median {r['median_steps']} steps, "
+        print(f"lr {r['lr']:g} ratio {r['lr_b_ratio']:g} batch {r['batch_size']} decay {r['decay_steps']}: median {r['median_steps']} steps, "
               f"{r['median_train_s']} s; learned {r['learned']}/{r['facts']}, question {r['question_ok']}/{r['facts']}, "
               f"held-out {r['heldout_ok']}/{r['heldout_n']}", file=sys.stderr, flush=True)
     print(f"steps to learn a fact, dev pack ({len(facts)} facts, {args.model}); {out}")
-    print("lr | lr_b_ratio | batch | median steps | median train s | learned | question | held-out")
+    print(f"(decaying runs: warmup {args.warmup} steps, floor {args.floor:g} x lr)")
+    print("lr | lr_b_ratio | batch | decay steps | median steps | median train s | learned | question | held-out")
     for r in rows:
-        print(f"{r['lr']:g} | {r['lr_b_ratio']:g} | {r['batch_size']} | {r['median_steps']} | {r['median_train_s']} | {r['learned']}/{r['facts']} | "
+        print(f"{r['lr']:g} | {r['lr_b_ratio']:g} | {r['batch_size']} | {r['decay_steps']} | {r['median_steps']} | {r['median_train_s']} | {r['learned']}/{r['facts']} | "
               f"{r['question_ok']}/{r['facts']} | {r['heldout_ok']}/{r['heldout_n']}")
     return 0
 

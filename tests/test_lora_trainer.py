@@ -246,6 +246,33 @@ def test_lr_b_ratio_gives_the_b_matrices_their_own_rate() -> None:
     assert by_lr == {0.01: {id(x.lora_A["new"]) for x in layers}, 0.04: {id(x.lora_B["new"]) for x in layers}}
 
 
+def test_lr_factor_warms_up_then_decays_along_a_half_cosine_to_its_floor() -> None:
+    f = [lt.lr_factor(s, warmup=2, decay=4, floor=0.1) for s in range(9)]
+    assert f[:2] == [0.5, 1.0]  # linear warmup: step 0 already trains
+    assert f[2] == 1.0 and f[4] == pytest.approx(0.55) and f[6] == pytest.approx(0.1)  # top, half-way, floor
+    assert all(a > b for a, b in zip(f[2:6], f[3:7], strict=True))  # falling until the floor
+    assert f[6:] == [pytest.approx(0.1)] * 3  # then held: training has no fixed end
+    assert [lt.lr_factor(s, warmup=0, decay=0, floor=0.1) for s in range(3)] == [1.0, 1.0, 1.0]
+
+
+def test_a_decaying_schedule_is_stepped_by_lightning_once_per_optimizer_step(monkeypatch) -> None:
+    bundle = load_tiny(seed=0)
+    cfg = TrainConfig.of(lr=1e-2, warmup_steps=1, decay_steps=2, min_lr_ratio=0.25, stop_when_learned=False,
+                         max_steps=4, batch_size=8, progress_bar=False)
+    seen = []
+    trainer = LoRATrainer(bundle, LoRAConfig(r=2, alpha=4.0), cfg)
+    orig = torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])  # the rate this update uses
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    trainer.fit(PAIRS, adapter="s")
+    # warmup (1 step), the top of the cosine, half-way down (0.25 + 0.75 / 2), the floor
+    assert seen == pytest.approx([1e-2, 1e-2, 6.25e-3, 2.5e-3])
+
+
 def test_module_hparams_hold_config_not_the_network() -> None:
     module = LoRALightningModule(load_tiny().model, TrainConfig(lr=0.5))
     assert module.hparams["lr"] == 0.5
@@ -259,9 +286,11 @@ def test_module_hparams_hold_config_not_the_network() -> None:
         (TrainConfig, {"lr": "fast", "batch_size": 1.5, "bogus": 1, "stop_when_learned": "yes"}, "trainer",
          ["trainer.lr='fast' should be float", "trainer.batch_size=1.5 should be int", "trainer.bogus is not a setting (known: accelerator",
           "trainer.stop_when_learned='yes' should be bool"]),
-        (TrainConfig, {"lr": -1.0, "batch_size": 0, "max_steps": 0, "max_length": 4, "precision": "fp8", "lr_b_ratio": 0},
+        (TrainConfig, {"lr": -1.0, "batch_size": 0, "max_steps": 0, "max_length": 4, "precision": "fp8", "lr_b_ratio": 0,
+                       "warmup_steps": -1, "min_lr_ratio": 0.0},
          "trainer",
-         ["trainer.lr must be > 0", "trainer.lr_b_ratio must be > 0", "trainer.batch_size must be >= 1", "trainer.max_steps=0 must be an integer >= 1",
+         ["trainer.lr must be > 0", "trainer.lr_b_ratio must be > 0", "trainer.warmup_steps must be >= 0",
+          "trainer.min_lr_ratio must be in (0, 1]", "trainer.batch_size must be >= 1", "trainer.max_steps=0 must be an integer >= 1",
           "trainer.max_length must be >= 8", "trainer.precision='fp8' must be one of"]),
         (TrainConfig, {"max_step": 5, "callbacks": [], "devices": 0, "gradient_clip_val": "x"}, "trainer",
          ["trainer.max_step is not a setting (known: accelerator", "; did you mean trainer.max_steps?",

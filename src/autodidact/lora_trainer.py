@@ -23,6 +23,7 @@ of ours involved.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -260,7 +261,24 @@ class LoRALightningModule(L.LightningModule):
         a = [p for n, p in named if "lora_B" not in n]
         b = [p for n, p in named if "lora_B" in n]
         groups = [{"params": a, "lr": self.cfg.lr}, {"params": b, "lr": self.cfg.lr * self.cfg.lr_b_ratio}]
-        return torch.optim.AdamW([g for g in groups if g["params"]], lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        if not (self.cfg.warmup_steps or self.cfg.decay_steps):
+            return opt
+        factor = functools.partial(lr_factor, warmup=self.cfg.warmup_steps, decay=self.cfg.decay_steps,
+                                   floor=self.cfg.min_lr_ratio)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def lr_factor(step: int, warmup: int, decay: int, floor: float) -> float:
+    """The learning rate at optimizer step ``step`` (0-based) as a multiple of ``lr``: a linear warmup
+    over ``warmup`` steps, a half cosine down to ``floor`` over the next ``decay`` steps, then ``floor``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if not decay:
+        return 1.0
+    t = min(step - warmup, decay) / decay
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 # -- the orchestration the requirements call LoRATrainer -------------------------------------------

@@ -111,6 +111,14 @@ class TrainConfig:
     lr_b_ratio: float = 1.0
     """Learning rate of the ``lora_B`` matrices as a multiple of ``lr`` (LoRA+, Hayou et al. 2024: B
     learns faster than A at the same step size when it is larger); 1 = one rate for both."""
+    warmup_steps: int = 0
+    """Steps over which the learning rate rises linearly to ``lr`` (0: from the first step)."""
+    decay_steps: int = 0
+    """After warmup, steps over which the learning rate falls to ``lr * min_lr_ratio`` along a half
+    cosine, then stays there until training stops (0: constant ``lr``). Training has no fixed length
+    (it stops once the skill is learned), so the floor is kept rather than decaying to zero."""
+    min_lr_ratio: float = 0.1
+    """The floor of the decay, as a multiple of ``lr``."""
     batch_size: int = 4
     """Examples per optimizer step (per process under ddp: the global batch is this times the devices)."""
     stop_when_learned: bool = True
@@ -163,6 +171,11 @@ class TrainConfig:
             p.append(f"trainer.lr must be > 0 (got {self.lr})")
         if not self.lr_b_ratio > 0:
             p.append(f"trainer.lr_b_ratio must be > 0 (got {self.lr_b_ratio}); 1 trains A and B at one rate")
+        for name in ("warmup_steps", "decay_steps"):
+            if getattr(self, name) < 0:
+                p.append(f"trainer.{name} must be >= 0 (got {getattr(self, name)})")
+        if not 0 < self.min_lr_ratio <= 1:
+            p.append(f"trainer.min_lr_ratio must be in (0, 1] (got {self.min_lr_ratio})")
         if self.batch_size < 1:
             p.append(f"trainer.batch_size must be >= 1 (got {self.batch_size})")
         if self.max_length < 8:
