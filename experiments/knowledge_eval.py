@@ -25,7 +25,9 @@ a rephrasing that triggers learning counts against the loop), then the second qu
 learned and join the subject's skill), then the second fact's rephrasings. At the end, every
 question again and every locality question (learning off). Reported (table, JSON, PNG):
 
-    reliability      each learned question answered right just after it was learned
+    reliability      each learned question answered right just after it was learned (the loop's answer
+                     then is the one the deployed card gave in the verification that passed it;
+                     same_subject and retention ask again, each a fresh greedy decode)
     generalization   rephrasings answered right, just after learning, with no new learning event
     locality         locality questions answered exactly as the base model answered them before any learning
     same_subject     second fact right after it was learned and the first still right then

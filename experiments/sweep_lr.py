@@ -3,6 +3,7 @@
 
     .venv/bin/python experiments/sweep_lr.py                                  # the grid below, 8 dev facts
     .venv/bin/python experiments/sweep_lr.py --lr 1e-2 --ratio 1 --batch 2 4  # batch sizes
+    .venv/bin/python experiments/sweep_lr.py --ratio 1 --decay 0 40 --warmup 3 --join  # second facts
     .venv/bin/python experiments/sweep_lr.py --lr 1e-2 --ratio 1 4 --facts 2  # a smoke
 
 For each (lr, lr_b_ratio, batch size) and each dev fact: a fresh SmolLM2, a fresh adapter, trained as
@@ -29,7 +30,9 @@ DEV_PACK = ROOT / "experiments" / "data" / "knowledge_eval_dev_pack.json"
 
 
 def run_one(fact: dict, lr: float, ratio: float, batch: int, decay: int, max_steps: int, model: str = "smollm2",
-            warmup: int = 0, floor: float = 0.1) -> dict:
+            warmup: int = 0, floor: float = 0.1, join: bool = False) -> dict:
+    """Train one fact (with ``join``: the fact and its subject's second fact together, as the factory
+    retrains a skill that a second fact joins) and answer its question(s) and held-out rephrasings."""
     from autodidact.data import QAPair
     from autodidact.evaluation import answer_is_correct
     from autodidact.inference.generate import generate_answer
@@ -37,14 +40,15 @@ def run_one(fact: dict, lr: float, ratio: float, batch: int, decay: int, max_ste
     from autodidact.models import load_model
 
     bundle = load_model(model)
-    pairs = [QAPair(fact["question"], fact["answer"])] + [QAPair(p["question"], p["answer"]) for p in fact["pairs"]]
+    facts = [fact, fact["second"]] if join else [fact]
+    pairs = [QAPair(p["question"], p["answer"]) for f in facts for p in [f, *f["pairs"]]]
     cfg = TrainConfig.of(lr=lr, lr_b_ratio=ratio, batch_size=batch, decay_steps=decay,
                          warmup_steps=warmup if decay else 0, min_lr_ratio=floor, max_steps=max_steps,
                          progress_bar=False)
     res = LoRATrainer(bundle, LoRAConfig(), cfg).fit(pairs, "sweep")
     m, tok = bundle.model, bundle.tokenizer
-    q_ok = answer_is_correct(generate_answer(m, tok, fact["question"]), fact["answer"])
-    held = [answer_is_correct(generate_answer(m, tok, h["question"]), h["answer"]) for h in fact["heldout"]]
+    q_ok = all(answer_is_correct(generate_answer(m, tok, f["question"]), f["answer"]) for f in facts)
+    held = [answer_is_correct(generate_answer(m, tok, h["question"]), h["answer"]) for f in facts for h in f["heldout"]]
     return {"topic": fact["topic"], "steps": res.steps, "train_s": res.seconds, "learned": res.learned,
             "question_ok": q_ok, "heldout_ok": sum(held), "heldout_n": len(held)}
 
@@ -68,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="trainer.decay_steps values (0: constant lr; else warmup, cosine decay, floor)")
     ap.add_argument("--warmup", type=int, default=0, help="trainer.warmup_steps when decaying")
     ap.add_argument("--floor", type=float, default=0.1, help="trainer.min_lr_ratio when decaying")
+    ap.add_argument("--join", action="store_true",
+                    help="train each subject's two facts together (a second fact joining its skill)")
     ap.add_argument("--facts", type=int, default=8, help="first N facts of the dev pack")
     ap.add_argument("--max-steps", type=int, default=300)
     ap.add_argument("--model", default="smollm2", help="smollm2, or tiny for a smoke")
@@ -89,14 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for f in facts:
         for c in configs:
-            runs[c].append(run_one(f, *c, args.max_steps, args.model, args.warmup, args.floor))
+            runs[c].append(run_one(f, *c, args.max_steps, args.model, args.warmup, args.floor, args.join))
         rows = [summary(c, runs[c]) for c in configs]
         (out / "sweep_lr.json").write_text(json.dumps(rows, indent=1), "utf-8")
     for r in rows:
         print(f"lr {r['lr']:g} ratio {r['lr_b_ratio']:g} batch {r['batch_size']} decay {r['decay_steps']}: median {r['median_steps']} steps, "
               f"{r['median_train_s']} s; learned {r['learned']}/{r['facts']}, question {r['question_ok']}/{r['facts']}, "
               f"held-out {r['heldout_ok']}/{r['heldout_n']}", file=sys.stderr, flush=True)
-    print(f"steps to learn a fact, dev pack ({len(facts)} facts, {args.model}); {out}")
+    what = "both facts of a subject together" if args.join else "a fact"
+    print(f"steps to learn {what}, dev pack ({len(facts)} subjects, {args.model}); {out}")
     print(f"(decaying runs: warmup {args.warmup} steps, floor {args.floor:g} x lr)")
     print("lr | lr_b_ratio | batch | decay steps | median steps | median train s | learned | question | held-out")
     for r in rows:
