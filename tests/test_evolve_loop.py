@@ -302,3 +302,35 @@ def test_the_answer_after_learning_is_the_one_verification_accepted_not_a_second
     # A later question goes to the installed card as before.
     again = bot.ask(QUESTION)
     assert again["skill"] == rec["skill"] and again["answer"] == rec["answer"] and calls == [None, rec["skill"]]
+
+
+def test_a_build_that_fails_after_the_logger_started_closes_its_run_as_failed(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from hydra import compose, initialize_config_dir
+
+    import autodidact.train_skill as ts
+    from autodidact.evolve_loop import build_autodidact
+
+    class SlowLogger:  # starts like W&B (slowly, on first use of ``experiment``), records how it ended
+        def __init__(self):
+            self.started, self.status = threading.Event(), None
+
+        @property
+        def experiment(self):
+            time.sleep(0.3)
+            self.started.set()
+            return self
+
+        def finalize(self, status):
+            self.status = status
+
+    logger = SlowLogger()
+    monkeypatch.setattr(ts, "build_logger", lambda cfg: logger)
+    monkeypatch.setattr(ts, "load_bundle", lambda model: (_ for _ in ()).throw(OSError("no weights here")))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["model=tiny", f"skills_dir={tmp_path / 'skills'}"])
+    with pytest.raises(OSError, match="no weights here"):
+        build_autodidact(cfg, tmp_path / "run")
+    assert logger.started.is_set() and logger.status == "failed"  # waited for its start, then closed it

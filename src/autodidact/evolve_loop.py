@@ -218,25 +218,37 @@ def build_autodidact(cfg: DictConfig, run_dir: str | Path, banner: str | None = 
     # W&B's start (a service process, its own imports: ~4 s of the first skill's training before) runs
     # while the model, the encoder and the skills load; joined below, before anything can log.
     starting = start_logger(logger)
-    bundle = load_bundle(s.model)
-    find_targets(bundle.model, s.lora.target_modules)  # a wrong lora.target_modules fails now, not mid-learning
-    router = LoRARouter(s.router, get_encoder(s.router.encoder_path))
-    manager = LoRAManager(bundle, skills_dir, router, max_loaded=s.manager.max_loaded)
-    changes = manager.scan()
-    print(f"[autodidact] {len(manager.skills)} skills installed from {skills_dir}"
-          + (f"; refused {len(changes['refused'])} invalid cards (see log)" if changes["refused"] else ""),
-          file=sys.stderr)
-    queue = LearningQueue.in_skills_dir(skills_dir, policy=s.queue)
-    factory = SkillFactory(
-        queue,
-        CloudDistiller(build_teacher(s.teacher, run_dir / TRANSCRIPT_NAME), s.teacher.distill, encoder=router.encoder),
-        manager,
-        s.lora,
-        s.trainer,
-        s.factory,
-        work_dir=run_dir / "work",
-        logger=logger,
-    )
+    try:
+        bundle = load_bundle(s.model)
+        find_targets(bundle.model, s.lora.target_modules)  # a wrong lora.target_modules fails now, not mid-learning
+        router = LoRARouter(s.router, get_encoder(s.router.encoder_path))
+        manager = LoRAManager(bundle, skills_dir, router, max_loaded=s.manager.max_loaded)
+        changes = manager.scan()
+        print(f"[autodidact] {len(manager.skills)} skills installed from {skills_dir}"
+              + (f"; refused {len(changes['refused'])} invalid cards (see log)" if changes["refused"] else ""),
+              file=sys.stderr)
+        queue = LearningQueue.in_skills_dir(skills_dir, policy=s.queue)
+        factory = SkillFactory(
+            queue,
+            CloudDistiller(build_teacher(s.teacher, run_dir / TRANSCRIPT_NAME), s.teacher.distill, encoder=router.encoder),
+            manager,
+            s.lora,
+            s.trainer,
+            s.factory,
+            work_dir=run_dir / "work",
+            logger=logger,
+        )
+    except BaseException:
+        # The run W&B just started is closed as failed, not left open in its directory.
+        from autodidact.tracking import finish
+
+        if starting is not None:
+            starting.join()
+        try:
+            finish(logger, "failed")
+        except Exception:  # noqa: BLE001 - the error that stopped the build is the one to report
+            log.debug("closing the logger after a failed build failed too", exc_info=True)
+        raise
     if starting is not None:
         starting.join()
     return Autodidact(manager, router, factory, threshold=s.router.threshold,
