@@ -173,8 +173,9 @@ def test_canary_keys_appear_in_no_file_and_no_output(tmp_path):
         assert (tmp_path / run / ".hydra" / "config.yaml").exists() and (tmp_path / run / "evolve.log").exists()
     for run in ("run1", "run2"):  # run 3 was interrupted before its one exchange ended
         assert "401" in (tmp_path / run / "teacher_transcript.jsonl").read_text()
-    wandb_runs = list(tmp_path.rglob("offline-run-*"))  # run 3 died before W&B started its (lazy) run
-    assert len(wandb_runs) == 2 and all(list(r.glob("*.wandb")) for r in wandb_runs), wandb_runs
+    # One per run: W&B starts while the model loads, so run 3 had its run before it was interrupted.
+    wandb_runs = list(tmp_path.rglob("offline-run-*"))
+    assert len(wandb_runs) == 3 and all(list(r.glob("*.wandb")) for r in wandb_runs), wandb_runs
     assert_sent_and_not_leaked(tmp_path, requests, outputs)
 
 
