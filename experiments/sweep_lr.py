@@ -98,10 +98,6 @@ def main(argv: list[str] | None = None) -> int:
             runs[c].append(run_one(f, *c, args.max_steps, args.model, args.warmup, args.floor, args.join))
         rows = [summary(c, runs[c]) for c in configs]
         (out / "sweep_lr.json").write_text(json.dumps(rows, indent=1), "utf-8")
-    for r in rows:
-        print(f"lr {r['lr']:g} ratio {r['lr_b_ratio']:g} batch {r['batch_size']} decay {r['decay_steps']}: median {r['median_steps']} steps, "
-              f"{r['median_train_s']} s; learned {r['learned']}/{r['facts']}, question {r['question_ok']}/{r['facts']}, "
-              f"held-out {r['heldout_ok']}/{r['heldout_n']}", file=sys.stderr, flush=True)
     what = "both facts of a subject together" if args.join else "a fact"
     print(f"steps to learn {what}, dev pack ({len(facts)} subjects, {args.model}); {out}")
     print(f"(decaying runs: warmup {args.warmup} steps, floor {args.floor:g} x lr)")

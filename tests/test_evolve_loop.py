@@ -29,7 +29,7 @@ from autodidact.models import load_tiny
 from autodidact.skill_factory import FactoryConfig, SkillFactory, skill_name
 from autodidact.teachers import CloudDistiller, TeacherConfig, build_teacher, load_pack
 from tests.test_lora_manager import make_card
-from tests.test_skill_factory import down_distiller
+from tests.test_skill_factory import LORA, down_distiller
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "Who was Brindlemark's first mayor, and when?"
@@ -286,8 +286,7 @@ def test_the_answer_after_learning_is_the_one_verification_accepted_not_a_second
     skills = tmp_path / "skills"
     bot = build_bot(skills, encoder)
     bot.max_new_tokens = bot.factory.config.max_new_tokens  # verified with the budget the loop answers with
-    bot.factory.lora = LoRAConfig(target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                  "down_proj"])  # lora=all_linear: the tiny model learns it
+    bot.factory.lora = LORA  # every linear layer, as lora=all_linear: the tiny model learns the fact
     calls = []
     answer = bot.manager.answer
     bot.manager.answer = lambda skill, q, n: calls.append(skill) or answer(skill, q, n)

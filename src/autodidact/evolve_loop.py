@@ -117,11 +117,10 @@ class Autodidact:
                 rec["reason"] = self._why_not_learned(r.query)
             r2 = self.router.route(query)
             skill, ans = self.detector.selected(r2), None
-            if (mine and skill == mine[-1].skill and mine[-1].state == "done"
-                    and self.factory.config.max_new_tokens == self.max_new_tokens):
+            if mine and skill == mine[-1].skill and self.factory.config.max_new_tokens == self.max_new_tokens:
                 # The card just verified answered this very question (read back from its bytes, as
                 # installed) with this token budget: that answer is the one to give, not a second
-                # greedy decode of it.
+                # greedy decode of it. Only a deployed outcome carries answers.
                 ans = mine[-1].answers.get(q)
             rec["confidence_after"] = round(r2.confidence, 4)
             rec["learned"] = bool(mine and mine[-1].state == "done" and mine[-1].learned and skill is not None)
