@@ -14,6 +14,14 @@ backward is 2, not 4, per parameter and token because frozen weights need no wei
 the issue's "4 × non-embedding params × trained tokens"). Divided by the seconds ``fit()`` took, it is
 set against fp32 and bf16 GEMM throughput measured in the same process, same threads, at the model's
 own linear shapes (M = the median tokens per training batch), FLOP-weighted.
+
+Where the rest goes: the same fit is run a second time (same seed, a fresh adapter) under
+``torch.profiler``, and its wall time is split by where the CPU was: GEMM kernels (``aten::mm``,
+``addmm``, ``bmm`` …), the attention kernel, the optimizer (everything under ``Optimizer.step`` and
+``zero_grad``), the loss, the other tensor ops (element-wise, norms, activations, copies), and what no
+tensor op accounts for (Python: Lightning's loop, data loading, hooks). The profiler adds a little time
+per op, so the split is read as shares of the profiled run, whose wall time is printed beside the
+unprofiled one. Skip it with ``--no-profile``.
 """
 
 from __future__ import annotations
@@ -56,11 +64,52 @@ def gemm_rate(shapes: list[tuple[int, int]], m: int, dtype, seconds: float = 0.6
     return total_flops / total_s / 1e9
 
 
+GEMM_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addmv", "aten::mv",
+                      "aten::_mkl_linear", "mkl::_mkl_linear", "aten::mkldnn_linear"})
+BUCKETS = ("GEMM kernels", "attention kernel", "optimizer (AdamW step, zero_grad)", "loss (log-softmax, NLL)",
+           "other tensor ops", "outside tensor ops (Python, Lightning, data)")
+
+
+def bucket(name: str, under_optimizer: bool) -> str:
+    """Which of ``BUCKETS`` a profiled op's own time belongs to."""
+    if under_optimizer:
+        return BUCKETS[2]
+    if name in GEMM_OPS:
+        return BUCKETS[0]
+    if "scaled_dot_product" in name or "flash_attention" in name:
+        return BUCKETS[1]
+    if "log_softmax" in name or "nll_loss" in name or "cross_entropy" in name:
+        return BUCKETS[3]
+    return BUCKETS[4]
+
+
+def time_split(events, wall_s: float) -> dict[str, float]:
+    """Seconds of ``wall_s`` per bucket, from a profiler's events (their self times; the rest is outside ops)."""
+    out = dict.fromkeys(BUCKETS, 0.0)
+    optimizer: dict[int, bool] = {}
+
+    def under_optimizer(e) -> bool:
+        # Memoised walk up the parents: is any enclosing range the optimizer's step or zero_grad?
+        key = id(e)
+        if key not in optimizer:
+            name = e.name or ""
+            optimizer[key] = name.startswith(("Optimizer.step", "Optimizer.zero_grad")) or (
+                e.cpu_parent is not None and under_optimizer(e.cpu_parent))
+        return optimizer[key]
+
+    for e in events:
+        out[bucket(e.name or "", under_optimizer(e))] += e.self_cpu_time_total / 1e6
+    inside = sum(out.values())
+    out[BUCKETS[5]] = max(0.0, wall_s - inside)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2", choices=["smollm2", "tiny"])
     ap.add_argument("--max-steps", type=int, default=300)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--no-profile", action="store_true", help="skip the profiled second fit (the time split)")
     a = ap.parse_args(argv)
 
     import torch
@@ -126,6 +175,17 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         lt.answer_loss, lt.hidden_before_layer = real_loss, real_prefix
     precision = lt.resolve_precision(train.trainer_args["precision"], train.trainer_args["accelerator"])
+    split = None
+    if not a.no_profile:
+        # The same fit again (same seed, so the same batches and steps), profiled, for the time split.
+        from autodidact.inference.lora_layer import delete_adapter
+
+        delete_adapter(model, "flops")
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            again = LoRATrainer(bundle, lora, train).fit(pairs, adapter="flops_profiled")
+            prof_s = time.perf_counter() - t0
+        split = time_split(prof.events(), prof_s)
 
     m = int(median(batches)) if batches else 64
     shapes = linear_shapes(model)
@@ -145,6 +205,17 @@ def main(argv: list[str] | None = None) -> dict:
         "fraction_of_peak": round(achieved / peak, 3),
         "params": {"per_layer": p_layer, "layers": n_layers, "head": v * c},
     }
+    if split is not None:
+        gemm_s = split[BUCKETS[0]]
+        res["time_split"] = {
+            "profiled_fit_s": round(prof_s, 2), "profiled_steps": again.steps,
+            "seconds": {k: round(x, 2) for k, x in split.items()},
+            "share": {k: round(x / prof_s, 3) for k, x in split.items()},
+            # The counted FLOPs (attention scores included) over the GEMM kernels' own time: how fast the
+            # matrix products themselves ran, against the reference GEMM at the model's shapes.
+            "gemm_gflops": round(total / gemm_s / 1e9, 1) if gemm_s > 0 else None,
+            "gemm_fraction_of_peak": round(total / gemm_s / 1e9 / peak, 3) if gemm_s > 0 else None,
+        }
     print(table(["what", "figure"], [
         ["model / precision / threads", f"{a.model} / {precision} / {threads}"],
         ["steps (learned)", f"{result.steps} ({result.learned})"],
@@ -155,12 +226,28 @@ def main(argv: list[str] | None = None) -> dict:
         [f"GEMM GFLOP/s at the model's shapes (M={m}): fp32 / bf16", f"{fp32:.1f} / {bf16:.1f}"],
         ["fraction of the rate for the precision used", f"{achieved / peak:.0%}"],
     ]))
+    if split is not None:
+        ts = res["time_split"]
+        print(f"Where the time of fit() goes (a second, profiled fit: {ts['profiled_fit_s']} s, "
+              f"{ts['profiled_steps']} steps; unprofiled {fit_s:.1f} s):")
+        print(table(["where", "seconds", "share"],
+                    [[k, ts["seconds"][k], f"{ts['share'][k]:.0%}"] for k in BUCKETS]))
+        if ts["gemm_gflops"] is not None:
+            print(f"The GEMM kernels alone ran the counted FLOPs at {ts['gemm_gflops']} GFLOP/s, "
+                  f"{ts['gemm_fraction_of_peak']:.0%} of the reference rate.")
     save(out, "bench_flops", res)
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, axes = plt.subplots(1, 2 if split is not None else 1, figsize=(10 if split is not None else 5, 3.2),
+                             squeeze=False)
+    ax = axes[0][0]
     ax.bar(["training\n(achieved)", "GEMM fp32", "GEMM bf16"], [achieved, fp32, bf16], color=["C0", "C7", "C7"])
     ax.set_ylabel("GFLOP/s")
-    ax.set_title(f"{a.model}, {precision}, {threads} threads: {achieved / peak:.0%} of the GEMM rate")
+    ax.set_title(f"{a.model}, {precision}, {threads} threads: {achieved / peak:.0%} of the GEMM rate", fontsize=9)
+    if split is not None:
+        ax = axes[0][1]
+        ax.barh([k.split(" (")[0] for k in BUCKETS][::-1], [split[k] for k in BUCKETS][::-1], color="C1")
+        ax.set_xlabel("seconds of the profiled fit()")
+        ax.set_title("where the time goes", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "bench_flops.png", dpi=120)
     plt.close(fig)

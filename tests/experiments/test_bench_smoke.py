@@ -42,6 +42,13 @@ def test_bench_flops(tmp_path: Path) -> None:
     assert r["gflop"]["train"] > 0 and r["gflop"]["eval"] > 0
     assert r["gflops_achieved"] > 0 and r["gemm_gflops_fp32"] > 0 and r["gemm_gflops_bf16"] > 0
     assert r["fraction_of_peak"] > 0
+    split = r["time_split"]
+    assert split["profiled_steps"] == 2
+    seconds = split["seconds"]
+    # Every bucket is measured; the tensor-op buckets are real profiler time, and together with what
+    # lies outside tensor ops they make up the profiled fit's wall time.
+    assert seconds["GEMM kernels"] > 0 and seconds["optimizer (AdamW step, zero_grad)"] > 0
+    assert sum(seconds.values()) == pytest.approx(split["profiled_fit_s"], abs=0.05)
 
 
 def test_bench_hotload(tmp_path: Path, encoder) -> None:
