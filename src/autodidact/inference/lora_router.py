@@ -262,7 +262,8 @@ class LoRARouter:
     @property
     def encoder(self) -> SentenceEncoder:
         if self._encoder is None:
-            self._encoder = get_encoder(Path(self.config.encoder_path) if self.config.encoder_path else None)
+            self._encoder = get_encoder(Path(self.config.encoder_path) if self.config.encoder_path else None,
+                                        int8=self.config.encoder_int8)
         return self._encoder
 
     @property
