@@ -10,7 +10,8 @@
   (``read_card``) is timed too.
 * **Routing**: ``LoRARouter.route(query)`` with 1..1000 installed skills whose routing keys are
   synthetic (23 random unit rows and a made-up name term each, the shape of a real key), for the
-  shipped example questions; the MiniLM encoding of the query alone is timed too.
+  shipped example questions; the MiniLM encoding of the query alone is timed too: as shipped (int8),
+  in fp32, and by transformers' BertModel, interleaved.
 * **Card size** for r in {4, 8, 16} with the shipped target modules and layers, float16, with a
   real routing key built from the example questions.
 """
@@ -140,32 +141,42 @@ def main(argv: list[str] | None = None) -> dict:
         rng = np.random.default_rng(0)
         route = []
         queries = questions + [p.question for p in load_pairs(example_data_path().with_name("example_heldout.jsonl"))]
-        # The query's MiniLM encoding, ours (autodidact.inference.minilm) against transformers' BertModel
-        # on the same weights, interleaved query by query so a drifting machine slows both alike.
+        # The query's MiniLM encoding: ours as shipped (int8), ours in fp32, and transformers' BertModel
+        # on the same weights, interleaved query by query so a drifting machine slows all alike.
         from transformers import AutoModel
 
+        from autodidact.inference.router_config import RouterConfig
+
         bert = AutoModel.from_pretrained(str(encoder.path), local_files_only=True).eval()
+        shipped = "int8" if RouterConfig().encoder_int8 else "fp32"  # how the router embeds a query
 
         def hf_encode(q: str) -> None:
             with torch.inference_mode():
                 b = encoder.tokenizer([q], return_tensors="pt")
                 bert(**b)
 
+        timed = {"int8": lambda q: encoder.encode([q], int8=True), "fp32": lambda q: encoder.encode([q]),
+                 "transformers": hf_encode}
         for q in queries[:3]:
-            encoder.encode([q])  # warm-up
-            hf_encode(q)
-        enc_times, hf_times = [], []
+            for f in timed.values():
+                f(q)  # warm-up
+        times_by: dict[str, list[float]] = {k: [] for k in timed}
         for _ in range(3):
             for q in queries:
-                t0 = time.perf_counter()
-                encoder.encode([q])
-                enc_times.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                hf_encode(q)
-                hf_times.append(time.perf_counter() - t0)
-        res["encode"] = {"ours_p50_ms": round(1e3 * percentile(enc_times, 50), 2),
-                         "transformers_p50_ms": round(1e3 * percentile(hf_times, 50), 2),
-                         "ratio": round(percentile(enc_times, 50) / percentile(hf_times, 50), 3),
+                for k, f in timed.items():
+                    t0 = time.perf_counter()
+                    f(q)
+                    times_by[k].append(time.perf_counter() - t0)
+        enc_times = times_by[shipped]
+        p50 = {k: percentile(v, 50) for k, v in times_by.items()}
+        both = torch.stack([encoder.encode(queries, int8=True), encoder.encode(queries)])
+        res["encode"] = {"ours_p50_ms": round(1e3 * p50[shipped], 2),
+                         "int8_p50_ms": round(1e3 * p50["int8"], 2), "fp32_p50_ms": round(1e3 * p50["fp32"], 2),
+                         "transformers_p50_ms": round(1e3 * p50["transformers"], 2),
+                         "ratio": round(p50[shipped] / p50["transformers"], 3),
+                         "int8_vs_fp32": round(p50["int8"] / p50["fp32"], 3),
+                         "int8_cosine_to_fp32_min": round(float((both[0] * both[1]).sum(-1).min()), 4),
+                         "shipped": shipped,
                          "queries": len(enc_times)}
         for n in a.router_sizes:
             router = LoRARouter(encoder=encoder)
@@ -192,8 +203,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(table(["skills installed", "hot-load p50 ms", "p95 ms", "max ms", "read_card p50 ms"],
                 [[h["installed"], h["p50_ms"], h["p95_ms"], h["max_ms"], h["read_p50_ms"]] for h in hot]))
     e = res["encode"]
-    print(f"MiniLM encode of one query, p50 over {e['queries']} interleaved: ours {e['ours_p50_ms']} ms, "
-          f"transformers BertModel {e['transformers_p50_ms']} ms (ratio {e['ratio']})")
+    print(f"MiniLM encode of one query, p50 over {e['queries']} interleaved: ours int8 {e['int8_p50_ms']} ms, "
+          f"ours fp32 {e['fp32_p50_ms']} ms, transformers BertModel {e['transformers_p50_ms']} ms; shipped "
+          f"({e['shipped']}) / BertModel {e['ratio']}, int8 / fp32 {e['int8_vs_fp32']}; "
+          f"lowest cosine int8 vs fp32 {e['int8_cosine_to_fp32_min']}")
     print(table(["skills", "route p50 ms", "p95 ms", "of which MiniLM encode p50 ms", "right skill best"],
                 [[r["skills"], r["p50_ms"], r["p95_ms"], r["encode_p50_ms"], r["best_is_the_real_skill"]] for r in route]))
     save(out, "bench_hotload", res)

@@ -220,7 +220,7 @@ def build_autodidact(cfg: DictConfig, run_dir: str | Path, banner: str | None = 
     try:
         bundle = load_bundle(s.model)
         find_targets(bundle.model, s.lora.target_modules)  # a wrong lora.target_modules fails now, not mid-learning
-        router = LoRARouter(s.router, get_encoder(s.router.encoder_path, int8=s.router.encoder_int8))
+        router = LoRARouter(s.router, get_encoder(s.router.encoder_path))
         manager = LoRAManager(bundle, skills_dir, router, max_loaded=s.manager.max_loaded)
         changes = manager.scan()
         print(f"[autodidact] {len(manager.skills)} skills installed from {skills_dir}"

@@ -60,7 +60,10 @@ def test_bench_hotload(tmp_path: Path, encoder) -> None:
     assert all(h["p95_ms"] >= h["p50_ms"] > 0 for h in r["hotload"])
     assert [x["skills"] for x in r["routing"]] == [1, 5]
     assert all(x["p50_ms"] > 0 for x in r["routing"])
-    assert r["encode"]["ours_p50_ms"] > 0 and r["encode"]["transformers_p50_ms"] > 0 and r["encode"]["ratio"] > 0
+    e = r["encode"]
+    assert e["ours_p50_ms"] > 0 and e["transformers_p50_ms"] > 0 and e["ratio"] > 0
+    assert e["int8_p50_ms"] > 0 and e["fp32_p50_ms"] > 0 and e["shipped"] == "int8"
+    assert 0.9 < e["int8_cosine_to_fp32_min"] <= 1.0
     sizes = {s["r"]: s for s in r["card_size"]}
     assert sizes[8]["params"] == 2 * sizes[4]["params"] and sizes[8]["bytes"] > sizes[4]["bytes"]
 

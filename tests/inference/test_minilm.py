@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from autodidact.inference import encoder as enc_mod
-from autodidact.inference.encoder import EncoderUnavailable, SentenceEncoder, get_encoder
+from autodidact.inference.encoder import EncoderUnavailable, SentenceEncoder
 from autodidact.inference.minilm import MiniLM
 
 
@@ -20,11 +20,6 @@ def reference():
     return AutoTokenizer.from_pretrained(path, local_files_only=True), AutoModel.from_pretrained(path, local_files_only=True).eval()
 
 
-@pytest.fixture(scope="module")
-def fp32() -> SentenceEncoder:
-    return get_encoder(int8=False)
-
-
 # Questions shaped like the ones routed: people-typed, misspelt, long, a look-alike pair.
 QUESTIONS = [
     "Who built the Skellan Tower?", "wen did they build the old market on willow rd", "hi",
@@ -34,9 +29,8 @@ QUESTIONS = [
 ]
 
 
-def test_int8_embeddings_stay_close_to_fp32(encoder: SentenceEncoder, fp32: SentenceEncoder) -> None:
-    assert encoder.int8 and not fp32.int8  # the shared encoder is the shipped int8 one
-    a, b = encoder.encode(QUESTIONS), fp32.encode(QUESTIONS)
+def test_int8_embeddings_stay_close_to_fp32(encoder: SentenceEncoder) -> None:
+    a, b = encoder.encode(QUESTIONS, int8=True), encoder.encode(QUESTIONS)
     own = (a * b).sum(1)  # each sentence, int8 against fp32
     assert own.min() > 0.97 and own.mean() > 0.99
     # What routing compares: similarities between sentences move by about a hundredth at most.
@@ -45,8 +39,8 @@ def test_int8_embeddings_stay_close_to_fp32(encoder: SentenceEncoder, fp32: Sent
 
 def test_int8_embedding_does_not_depend_on_the_batch(encoder: SentenceEncoder) -> None:
     # One activation scale per call would let a long batch-mate change a short query's embedding.
-    alone = torch.cat([encoder.encode([q]) for q in QUESTIONS])
-    together = encoder.encode(QUESTIONS)
+    alone = torch.cat([encoder.encode([q], int8=True) for q in QUESTIONS])
+    together = encoder.encode(QUESTIONS, int8=True)
     torch.testing.assert_close(together, alone, atol=1e-6, rtol=0)
 
 
@@ -58,12 +52,12 @@ def test_int8_embedding_does_not_depend_on_the_batch(encoder: SentenceEncoder) -
         ["x " * 300],  # truncated at 256 tokens: every position embedding up to there
     ],
 )
-def test_hidden_states_match_transformers(fp32: SentenceEncoder, reference, texts: list[str]) -> None:
+def test_hidden_states_match_transformers(encoder: SentenceEncoder, reference, texts: list[str]) -> None:
     tok, bert = reference
     batch = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
     with torch.inference_mode():
         want = bert(**batch).last_hidden_state
-    got = fp32.model(batch["input_ids"], batch["attention_mask"])
+    got = encoder.model(batch["input_ids"], batch["attention_mask"])
     real = batch["attention_mask"].bool()  # padded positions are never pooled; only real tokens must agree
     torch.testing.assert_close(got[real], want[real], atol=2e-5, rtol=1e-4)
 

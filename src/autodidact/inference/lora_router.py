@@ -262,8 +262,7 @@ class LoRARouter:
     @property
     def encoder(self) -> SentenceEncoder:
         if self._encoder is None:
-            self._encoder = get_encoder(Path(self.config.encoder_path) if self.config.encoder_path else None,
-                                        int8=self.config.encoder_int8)
+            self._encoder = get_encoder(Path(self.config.encoder_path) if self.config.encoder_path else None)
         return self._encoder
 
     @property
@@ -366,7 +365,7 @@ class LoRARouter:
     def candidates(self, queries: Sequence[str]) -> list[list[Candidate]]:
         """For each query, its ``top_k`` skills by cosine with their features (what the models score)."""
         texts = [self._prepare(q)[0] for q in queries]
-        return self._candidates(texts, self._index, self.encoder.encode(list(texts)))[0]
+        return self._candidates(texts, self._index, self._encode(texts))[0]
 
     def _candidates(self, texts, index: _Index, q: torch.Tensor):
         B, S = q.shape[0], len(index.names)
@@ -399,7 +398,7 @@ class LoRARouter:
             return []
         cfg, index = self.config, self._index  # one snapshot for the whole batch
         texts, cut = zip(*(self._prepare(q) for q in queries), strict=True)
-        q = self.encoder.encode(list(texts))  # (B, 384)
+        q = self._encode(texts)  # (B, 384)
         cands, sim = self._candidates(texts, index, q)
         out = []
         for b, text in enumerate(texts):
@@ -438,6 +437,11 @@ class LoRARouter:
                 )
             )
         return out
+
+    def _encode(self, texts: Sequence[str]) -> torch.Tensor:
+        # Queries take MiniLM's int8 path (router.encoder_int8): routing is the per-query hot path.
+        # Keys, built once per skill from its training questions, stay fp32 (routing_key_from_questions).
+        return self.encoder.encode(list(texts), int8=self.config.encoder_int8)
 
     def _prepare(self, query: str) -> tuple[str, bool]:
         if not isinstance(query, str) or not query.strip():

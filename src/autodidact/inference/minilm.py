@@ -12,12 +12,14 @@ rounding.
                 h = LN(h + softmax(q kᵀ/√32 + mask) v · W_o + b_o)
                 h = LN(h + GELU(h W_i + b_i) W_o2 + b_o2)               # 384 -> 1536 -> 384
 
-With ``int8=True`` (the router's default, ``router.encoder_int8``) the four products of each layer run
-as dynamically quantised int8 GEMMs (fbgemm: weights int8 per output row, activations uint8 per call).
-For a dozen-token query the fp32 products are bound by reading 42 MB of weights, more than this
-machine's L3 cache; int8 reads a quarter of that and embeds a query in ~5 ms instead of ~12 ms here.
-The embeddings move by a cosine of ~0.006 on average (``tests/inference/test_minilm.py`` bounds it);
-the router's test-split figures were re-measured with it (README "Router").
+``forward(..., int8=True)`` runs the four products of each layer as dynamically quantised int8 GEMMs
+(fbgemm: weights int8 per output row, activations uint8 per call). For a dozen-token query the fp32
+products are bound by reading 42 MB of weights, more than this machine's L3 cache; int8 reads a
+quarter of that and embeds a query in ~4-6 ms instead of ~12 ms here. The router embeds each routed
+*query* this way (``router.encoder_int8``); routing keys and the distiller's judgements of meaning, made
+once per skill, stay fp32. The embeddings move by a cosine of ~0.006 on average
+(``tests/inference/test_minilm.py`` bounds it), and the router was refitted and re-measured with
+int8 queries against fp32 keys (README "Router").
 """
 
 from __future__ import annotations
@@ -31,11 +33,9 @@ import torch.nn.functional as F
 class MiniLM(torch.nn.Module):
     """BERT encoder without pooler, dropout or caches: ``forward(ids, mask) -> (B, L, hidden)``."""
 
-    def __init__(self, state: Mapping[str, torch.Tensor], heads: int, eps: float, prefix: str = "",
-                 int8: bool = False) -> None:
+    def __init__(self, state: Mapping[str, torch.Tensor], heads: int, eps: float, prefix: str = "") -> None:
         """``state``: a BertModel state dict (keys as in the checkpoint, optionally under ``prefix``)."""
         super().__init__()
-        self.int8 = int8
 
         def get(name: str) -> torch.Tensor:
             return state[prefix + name].detach().to(torch.float32).contiguous()
@@ -66,43 +66,43 @@ class MiniLM(torch.nn.Module):
             n += 1
         if not self.layers:
             raise KeyError(f"no encoder layers under {prefix!r}encoder.layer.0 in the state dict")
-        # int8: the four products of each layer as fbgemm-packed int8 weights (see ``_int8``).
+        # The int8 path: the four products of each layer as fbgemm-packed int8 weights (see ``_int8``).
         self.packed = [
             tuple(_pack_int8(w, b) for w, b in ((layer[0], layer[1]), (layer[2], layer[3]),
                                                  (layer[6], layer[7]), (layer[8], layer[9])))
             for layer in self.layers
-        ] if int8 else None
+        ]
 
     @torch.inference_mode()
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Last hidden states for token ids (B, L) with attention mask (B, L) of 0/1."""
-        if self.packed is None or ids.shape[0] == 1:
-            return self._forward(ids, mask)
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, int8: bool = False) -> torch.Tensor:
+        """Last hidden states for token ids (B, L) with attention mask (B, L) of 0/1; ``int8``: the fast path."""
+        if not int8 or ids.shape[0] == 1:
+            return self._forward(ids, mask, int8)
         # Dynamic int8 picks one activation scale per call: each sentence runs alone (without its
         # padding), so its embedding never depends on the batch it came in.
         B, L = ids.shape
         out = torch.zeros(B, L, self.hidden)
         for b in range(B):
             n = int(mask[b].sum())
-            out[b, :n] = self._forward(ids[b : b + 1, :n], mask[b : b + 1, :n])[0]
+            out[b, :n] = self._forward(ids[b : b + 1, :n], mask[b : b + 1, :n], True)[0]
         return out
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, int8: bool) -> torch.Tensor:
         B, L = ids.shape
         d, H = self.hidden, self.heads
         h = F.layer_norm(self.word[ids] + self.pos[:L] + self.type0, (d,), *self.ln, self.eps)
         # Padding keys get -inf-like scores; a single unpadded query takes the mask-free kernel.
         bias = None if bool(mask.all()) else (1.0 - mask[:, None, None, :].to(h.dtype)) * torch.finfo(h.dtype).min
         for n, (qkv_w, qkv_b, o_w, o_b, ln1_w, ln1_b, i_w, i_b, o2_w, o2_b, ln2_w, ln2_b) in enumerate(self.layers):
-            q, k, v = (F.linear(h, qkv_w, qkv_b) if self.packed is None else _int8(h, self.packed[n][0])).view(
+            q, k, v = (_int8(h, self.packed[n][0]) if int8 else F.linear(h, qkv_w, qkv_b)).view(
                 B, L, 3, H, d // H).permute(2, 0, 3, 1, 4)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(1, 2).reshape(B, L, d)
-            a = F.linear(a, o_w, o_b) if self.packed is None else _int8(a, self.packed[n][1])
+            a = _int8(a, self.packed[n][1]) if int8 else F.linear(a, o_w, o_b)
             h = F.layer_norm(a + h, (d,), ln1_w, ln1_b, self.eps)
-            if self.packed is None:
-                f = F.linear(F.gelu(F.linear(h, i_w, i_b)), o2_w, o2_b)
-            else:
+            if int8:
                 f = _int8(F.gelu(_int8(h, self.packed[n][2])), self.packed[n][3])
+            else:
+                f = F.linear(F.gelu(F.linear(h, i_w, i_b)), o2_w, o2_b)
             h = F.layer_norm(f + h, (d,), ln2_w, ln2_b, self.eps)
         return h
 
