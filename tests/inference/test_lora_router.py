@@ -632,7 +632,7 @@ def test_add_replace_remove_skills(encoder, real_cards) -> None:
 
 
 def test_skills_added_one_by_one_index_exactly_as_added_together(encoder, real_cards, generated_cards) -> None:
-    """A hot-load writes the new skill's key rows into the index's spare columns; the result must be
+    """A hot-load writes the new skill's key rows into the index's spare rows; the result must be
     the index a full rebuild makes, across buffer growth, replacement and removal."""
     cards = {**real_cards, **dict(list(generated_cards.items())[:40])}  # ~600 key rows: the buffer grows
     one = LoRARouter(encoder=encoder)
@@ -644,17 +644,17 @@ def test_skills_added_one_by_one_index_exactly_as_added_together(encoder, real_c
     def same(a: LoRARouter, b: LoRARouter) -> None:
         x, y = a._index, b._index
         assert x.names == y.names and x.start == y.start and x.idf == y.idf and x.unseen_idf == y.unseen_idf
-        assert torch.equal(x.keys_t, y.keys_t) and torch.equal(x.owner, y.owner)
+        assert torch.equal(x.keys, y.keys) and torch.equal(x.owner, y.owner)
         assert (x.idf, x.unseen_idf) == idf_table(x.vocabs)  # the incremental counts match a recount
 
     same(one, bulk)
     queries = [PARAPHRASES[0][0], NEAR_MISSES[0], UNRELATED[0]]
     before = one._index  # a snapshot a concurrent route() may hold
-    rows_before = before.keys_t.clone()
+    rows_before = before.keys.clone()
     one.add_skill("late", real_cards["hexmoor_rules"])
     bulk.add_skill("late", real_cards["hexmoor_rules"])
     same(one, bulk)
-    assert torch.equal(before.keys_t, rows_before)  # the append left the old snapshot's columns alone
+    assert torch.equal(before.keys, rows_before)  # the append left the old snapshot's rows alone
     one.add_skill("late", real_cards["brindlemark_mayor"])  # replaced
     one.remove_skill(next(iter(real_cards)))
     bulk.add_skill("late", real_cards["brindlemark_mayor"])

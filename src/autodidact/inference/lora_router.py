@@ -224,11 +224,13 @@ class RouteResult:
 class _Index:
     # Immutable, swapped whole on add/remove, so route() reads it without a lock.
     names: tuple[str, ...] = ()
-    # (384, R): every skill's key rows, stored transposed. q @ keys_t reads the matrix along its rows,
-    # which was ~3x faster than q @ keys.T on this CPU at 1000 skills (23k rows, 35 MB per query).
-    keys_t: torch.Tensor = field(default_factory=lambda: torch.empty(EMBED_DIM, 0))
+    # (R, 384) float16: every skill's key rows, at the precision its card stores them. A query is one
+    # matrix-vector product over them, bound by memory at 1000 skills (23k rows): float16 rows read
+    # half the bytes and took 1.0 ms where fp32 took 2.7 ms on this CPU (its float16 kernel
+    # accumulates in fp32: a cosine moves by at most ~1e-4).
+    keys: torch.Tensor = field(default_factory=lambda: torch.empty(0, EMBED_DIM, dtype=torch.float16))
     owner: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))  # (R,) skill idx
-    start: tuple[int, ...] = ()  # first key row (column of ``keys_t``) of each skill
+    start: tuple[int, ...] = ()  # first key row of each skill
     vocabs: tuple[Vocab, ...] = ()
     idf: dict[str, float] = field(default_factory=dict)
     unseen_idf: float = 1.0
@@ -249,10 +251,10 @@ class LoRARouter:
         """``encoder`` defaults to the process-wide MiniLM (``config.encoder_path``), loaded lazily."""
         self.config = config or RouterConfig()
         self._encoder = encoder
-        # name -> (its key rows transposed, (384, n), contiguous; its vocabulary)
+        # name -> (its key rows, (n, 384) float16, contiguous; its vocabulary)
         self._skills: dict[str, tuple[torch.Tensor, Vocab]] = {}
         self._index = _Index()
-        self._keys_buf: torch.Tensor | None = None  # (384, capacity): keys_t is a view of its first columns
+        self._keys_buf: torch.Tensor | None = None  # (capacity, 384): keys is a view of its first rows
         self._owner_buf: torch.Tensor | None = None  # (capacity,)
         self._df: Counter[str] = Counter()  # word -> installed skills using it (for the IDF)
         self._lock = threading.Lock()
@@ -284,7 +286,7 @@ class LoRARouter:
             key = decode_routing_key(keys)
         else:
             key = torch.from_numpy(_as_key_array(keys))
-        entry = (key.T.contiguous(), vocab or Vocab(frozenset(), frozenset()))
+        entry = (key.to(torch.float16).contiguous(), vocab or Vocab(frozenset(), frozenset()))
         with self._lock:
             new = name not in self._skills
             self._skills[name] = entry
@@ -298,7 +300,7 @@ class LoRARouter:
         decoded = [(n, decode_routing_key(d), decode_routing_vocab(d)) for n, d in items]
         with self._lock:
             for n, k, v in decoded:
-                self._skills[n] = (k.T.contiguous(), v)
+                self._skills[n] = (k.to(torch.float16).contiguous(), v)
             self._rebuild()
 
     def remove_skill(self, name: str) -> None:
@@ -309,9 +311,9 @@ class LoRARouter:
             del self._skills[name]
             self._rebuild()
 
-    # The index's key matrix and owner vector are views into buffers with spare columns, so a new skill
-    # (a hot-load) is written into the free columns in place: the rows already there are never copied.
-    # Snapshots taken before read only the columns they had, which an append never touches. A removal or
+    # The index's key matrix and owner vector are views into buffers with spare rows, so a new skill
+    # (a hot-load) is written into the free rows in place: the rows already there are never copied.
+    # Snapshots taken before read only the rows they had, which an append never touches. A removal or
     # a replacement builds fresh buffers (older snapshots keep the old ones). Copying the whole matrix
     # on each hot-load cost 5-13 ms at 100 skills and 105-190 ms at 1000 on this CPU, mostly page faults.
 
@@ -323,31 +325,31 @@ class LoRARouter:
         if not names:
             self._index, self._keys_buf, self._owner_buf = _Index(), None, None
             return
-        rows = sum(self._skills[n][0].shape[1] for n in names)
-        self._keys_buf = torch.empty(EMBED_DIM, max(2 * rows, 256))
-        self._owner_buf = torch.empty(self._keys_buf.shape[1], dtype=torch.long)
+        rows = sum(self._skills[n][0].shape[0] for n in names)
+        self._keys_buf = torch.empty(max(2 * rows, 256), EMBED_DIM, dtype=torch.float16)
+        self._owner_buf = torch.empty(self._keys_buf.shape[0], dtype=torch.long)
         index = _Index()
         for n in names:
             index = self._appended(index, n, *self._skills[n])
         self._index = self._with_idf(index)
 
-    def _append(self, name: str, key_t: torch.Tensor, vocab: Vocab) -> None:
-        index, n = self._index, key_t.shape[1]
-        rows = index.keys_t.shape[1]
-        if self._keys_buf is None or rows + n > self._keys_buf.shape[1]:
+    def _append(self, name: str, key: torch.Tensor, vocab: Vocab) -> None:
+        index, n = self._index, key.shape[0]
+        rows = index.keys.shape[0]
+        if self._keys_buf is None or rows + n > self._keys_buf.shape[0]:
             self._rebuild()  # no room (or no buffer yet): fresh buffers with room to spare; holds ``name``
             return
-        self._index = self._with_idf(self._appended(index, name, key_t, vocab))
+        self._index = self._with_idf(self._appended(index, name, key, vocab))
 
-    def _appended(self, index: _Index, name: str, key_t: torch.Tensor, vocab: Vocab) -> _Index:
-        """``index`` plus one skill, its rows written into the buffers' next free columns."""
-        rows, n = index.keys_t.shape[1], key_t.shape[1]
-        self._keys_buf[:, rows : rows + n] = key_t
+    def _appended(self, index: _Index, name: str, key: torch.Tensor, vocab: Vocab) -> _Index:
+        """``index`` plus one skill, its rows written into the buffers' next free rows."""
+        rows, n = index.keys.shape[0], key.shape[0]
+        self._keys_buf[rows : rows + n] = key
         self._owner_buf[rows : rows + n] = len(index.names)
         self._df.update(vocab.words)
         return _Index(
             names=(*index.names, name),
-            keys_t=self._keys_buf[:, : rows + n],
+            keys=self._keys_buf[: rows + n],
             owner=self._owner_buf[: rows + n],
             start=(*index.start, rows),
             vocabs=(*index.vocabs, vocab),
@@ -371,7 +373,8 @@ class LoRARouter:
         B, S = q.shape[0], len(index.names)
         if not S:
             return [[] for _ in texts], torch.empty(B, 0)
-        rows = q @ index.keys_t  # (B, R) cosine to every key row
+        qh = q.to(torch.float16)
+        rows = torch.stack([torch.mv(index.keys, qh[b]) for b in range(B)]).float()  # (B, R) cosine to every row
         sim = torch.full((B, S), -1.0).scatter_reduce(1, index.owner.expand(B, -1), rows, reduce="amax")  # (B, S)
         k = min(self.config.top_k, S)
         top = sim.topk(k, dim=1).indices.tolist()  # (B, k)
