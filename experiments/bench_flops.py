@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
         gemm_s = split[BUCKETS[0]]
         res["time_split"] = {
             "profiled_fit_s": round(prof_s, 2), "profiled_steps": again.steps,
-            "seconds": {k: round(x, 2) for k, x in split.items()},
+            "seconds": {k: round(x, 4) for k, x in split.items()},
             "share": {k: round(x / prof_s, 3) for k, x in split.items()},
             # The counted FLOPs (attention scores included) over the GEMM kernels' own time: how fast the
             # matrix products themselves ran, against the reference GEMM at the model's shapes.
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"Where the time of fit() goes (a second, profiled fit: {ts['profiled_fit_s']} s, "
               f"{ts['profiled_steps']} steps; unprofiled {fit_s:.1f} s):")
         print(table(["where", "seconds", "share"],
-                    [[k, ts["seconds"][k], f"{ts['share'][k]:.0%}"] for k in BUCKETS]))
+                    [[k, round(ts["seconds"][k], 2), f"{ts['share'][k]:.0%}"] for k in BUCKETS]))
         if ts["gemm_gflops"] is not None:
             print(f"The GEMM kernels alone ran the counted FLOPs at {ts['gemm_gflops']} GFLOP/s, "
                   f"{ts['gemm_fraction_of_peak']:.0%} of the reference rate.")
