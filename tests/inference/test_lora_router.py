@@ -555,7 +555,7 @@ def test_lookalikes_are_unknown_though_their_nearest_skill_is_the_lookalike(
 
 @pytest.mark.xfail(strict=True, reason=(
     "the dev-fitted same-subject model names the look-alike's subject (p 0.97-0.99): on the test split "
-    "58.5% of unknown questions get a subject at 100 skills (README), so such a question's fact joins the "
+    "57.6% of unknown questions get a subject at 100 skills (README), so such a question's fact joins the "
     "look-alike skill instead of starting its own; its answers stay right (the joined skill is verified on "
     "both facts), the skill is no longer one subject"))
 @pytest.mark.parametrize("query", ["Who was the first mayor of Quillhaven?", "What is the melting point of iron?"])
