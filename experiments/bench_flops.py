@@ -19,8 +19,9 @@ Where the rest goes: the same fit is run a second time (same seed, a fresh adapt
 ``torch.profiler``, and its wall time is split by where the CPU was: GEMM kernels (``aten::mm``,
 ``addmm``, ``bmm`` …), the attention kernel, the optimizer (AdamW's update, labelled by wrapping
 torch's functional ``adam``, and ``zero_grad``: Lightning runs forward and backward *inside*
-``Optimizer.step``, as its closure, so that label alone would take them too), the loss, the other tensor ops (element-wise, norms, activations, copies), and what no
-tensor op accounts for (Python: Lightning's loop, data loading, hooks). The profiler adds a little time
+``Optimizer.step``, as its closure, so that label alone would take them too), the loss, the other
+tensor ops (element-wise, norms, activations, copies), and what no tensor op accounts for (Python:
+Lightning's loop, data loading, hooks). The profiler adds a little time
 per op, so the split is read as shares of the profiled run, whose wall time is printed beside the
 unprofiled one. Skip it with ``--no-profile``.
 """

@@ -25,6 +25,7 @@ int8 queries against fp32 keys (README "Router").
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -66,8 +67,15 @@ class MiniLM(torch.nn.Module):
             n += 1
         if not self.layers:
             raise KeyError(f"no encoder layers under {prefix!r}encoder.layer.0 in the state dict")
-        # The int8 path: the four products of each layer as fbgemm-packed int8 weights (see ``_int8``).
-        self.packed = [
+
+    @cached_property
+    def packed(self) -> list[tuple]:
+        """The int8 path's weights: each layer's four products packed for fbgemm (see ``_int8``).
+
+        Packed on first int8 use (~0.16 s here), not at load: processes that only embed in fp32 (training,
+        the distiller, calibration) never pay for it. Packing is pure, so two threads racing here at
+        worst pack twice."""
+        return [
             tuple(_pack_int8(w, b) for w, b in ((layer[0], layer[1]), (layer[2], layer[3]),
                                                  (layer[6], layer[7]), (layer[8], layer[9])))
             for layer in self.layers
@@ -93,17 +101,17 @@ class MiniLM(torch.nn.Module):
         h = F.layer_norm(self.word[ids] + self.pos[:L] + self.type0, (d,), *self.ln, self.eps)
         # Padding keys get -inf-like scores; a single unpadded query takes the mask-free kernel.
         bias = None if bool(mask.all()) else (1.0 - mask[:, None, None, :].to(h.dtype)) * torch.finfo(h.dtype).min
+        packed = self.packed if int8 else None
         for n, (qkv_w, qkv_b, o_w, o_b, ln1_w, ln1_b, i_w, i_b, o2_w, o2_b, ln2_w, ln2_b) in enumerate(self.layers):
-            q, k, v = (_int8(h, self.packed[n][0]) if int8 else F.linear(h, qkv_w, qkv_b)).view(
-                B, L, 3, H, d // H).permute(2, 0, 3, 1, 4)
+            fp32 = ((qkv_w, qkv_b), (o_w, o_b), (i_w, i_b), (o2_w, o2_b))
+
+            def lin(x: torch.Tensor, j: int, n: int = n, fp32: tuple = fp32) -> torch.Tensor:  # product j of 4
+                return _int8(x, packed[n][j]) if packed is not None else F.linear(x, *fp32[j])
+
+            q, k, v = lin(h, 0).view(B, L, 3, H, d // H).permute(2, 0, 3, 1, 4)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(1, 2).reshape(B, L, d)
-            a = _int8(a, self.packed[n][1]) if int8 else F.linear(a, o_w, o_b)
-            h = F.layer_norm(a + h, (d,), ln1_w, ln1_b, self.eps)
-            if int8:
-                f = _int8(F.gelu(_int8(h, self.packed[n][2])), self.packed[n][3])
-            else:
-                f = F.linear(F.gelu(F.linear(h, i_w, i_b)), o2_w, o2_b)
-            h = F.layer_norm(f + h, (d,), ln2_w, ln2_b, self.eps)
+            h = F.layer_norm(lin(a, 1) + h, (d,), ln1_w, ln1_b, self.eps)
+            h = F.layer_norm(lin(F.gelu(lin(h, 2)), 3) + h, (d,), ln2_w, ln2_b, self.eps)
         return h
 
 
