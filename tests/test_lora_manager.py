@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from autodidact.card import SUFFIX, load_card
+from autodidact.inference.answer import answer_with_confidence
 from autodidact.inference.encoder import SentenceEncoder
 from autodidact.inference.lora_layer import inject_lora, lora_layers, set_adapter
 from autodidact.inference.lora_router import LoRARouter, RouterConfig, build_routing
@@ -67,7 +68,7 @@ def routing_for(skill: str, encoder: SentenceEncoder) -> dict:
 
 
 def make_card(path: Path, skill: str, encoder: SentenceEncoder, seed: int = 0, base_seed: int = 0,
-              routing: dict | None = None) -> Path:
+              routing: dict | None = None, meta: dict | None = None) -> Path:
     """A card for ``skill`` with random adapter weights (``seed``) on the tiny model ``base_seed``."""
     bundle = load_tiny(seed=base_seed)
     inject_lora(bundle.model, LORA.target_modules, LORA.r, LORA.alpha, adapter_name="src")
@@ -77,7 +78,7 @@ def make_card(path: Path, skill: str, encoder: SentenceEncoder, seed: int = 0, b
             for p in (layer.lora_A["src"], layer.lora_B["src"]):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
     trainer = LoRATrainer(bundle, LORA, TrainConfig(progress_bar=False))
-    extra = {"routing": routing if routing is not None else routing_for(skill, encoder)}
+    extra = {"routing": routing if routing is not None else routing_for(skill, encoder), **(meta or {})}
     return trainer.export(path, "src", skill, RESULT, extra=extra, dtype="float32")
 
 
@@ -390,3 +391,25 @@ def test_second_file_claiming_an_installed_skill_is_refused_once(tmp_path, cards
     # The installed version stays the first one, and the next scans neither flip-flop nor re-log.
     torch.testing.assert_close(manager_logits(manager, "brindlemark"), card_logits(cards["brindlemark"]))
     assert manager.scan() == {"installed": [], "refused": [], "removed": []}
+
+
+# -- answers: a skill's taught answers are the drafts --------------------------------------------------
+def test_a_skill_drafts_with_its_taught_answers_and_gives_the_same_greedy_answer(tmp_path, encoder):
+    skills = tmp_path / "skills"
+    skills.mkdir()
+    meta = {"reference_answer": "Odalys Fenwright.",
+            "facts": [{"query": "Who was the first mayor?", "answer": "Odalys Fenwright."},
+                      {"query": "When was the town founded?", "answer": "In 1802."}],
+            "pairs": [{"question": "q1", "answer": "Fenwright, in 1847."}, {"question": "q2", "answer": "In 1802."},
+                      {"question": "q3", "answer": "Fenwright, in 1847."}, {"question": "q4", "answer": "  "}]}
+    make_card(skills / f"brindlemark{SUFFIX}", "brindlemark", encoder, seed=3, meta=meta)
+    manager, _ = new_manager(skills, encoder)
+    manager.scan()
+    assert manager.taught_answers("brindlemark") == ["Odalys Fenwright.", "In 1802.", "Fenwright, in 1847."]
+    assert manager.taught_answers(None) == [] and manager.taught_answers("nope") == []
+    for q in ("Who was Brindlemark's first mayor?", "hi"):
+        got = manager.answer("brindlemark", q, max_new_tokens=10)
+        with manager.use("brindlemark") as model:
+            plain = answer_with_confidence(model, manager.bundle.tokenizer, q, max_new_tokens=10)
+        assert got.text == plain.text
+        assert got.min_prob == pytest.approx(plain.min_prob, abs=1e-5)

@@ -18,6 +18,7 @@ import torch
 from autodidact.card import MAX_CARD_BYTES, load_card
 from autodidact.data import QAPair, load_pairs
 from autodidact.evaluation import answer_is_correct
+from autodidact.inference.answer import answers_with_confidence
 from autodidact.inference.generate import generate_answer
 from autodidact.lora_trainer import LoRAConfig, LoRATrainer, TrainConfig, TrainResult
 from autodidact.models import ModelBundle, configure_threads, load_model, weights_fingerprint
@@ -108,3 +109,29 @@ def test_a_fresh_model_with_only_the_card_answers_correctly(learned: Learned) ->
         f"  card {size / 1024:.0f} KiB, peak RSS {peak_rss_mb:.0f} MB"
     )
     assert size < 2 * 1024 * 1024 < MAX_CARD_BYTES
+
+
+def test_drafts_check_the_learned_answers_in_one_pass_and_change_none(learned: Learned, monkeypatch) -> None:
+    """Verification's drafts (the taught answers) on a real skill: the same greedy answers as decoding
+    token by token, with no decode step at all where the skill reproduces its draft."""
+    model, tok = learned.fresh.model, learned.fresh.tokenizer
+    questions = [QUESTION, *(p.question for p in learned.heldout)]
+    t0 = time.perf_counter()
+    plain = answers_with_confidence(model, tok, questions, 48)
+    t1 = time.perf_counter()
+    drafted = answers_with_confidence(model, tok, questions, 48, drafts=[REFERENCE, *(p.answer for p in learned.heldout)])
+    t2 = time.perf_counter()
+    assert [a.text for a in drafted] == [a.text for a in plain]
+    assert [a.min_prob for a in drafted] == pytest.approx([a.min_prob for a in plain], abs=2e-3)
+    print(f"\nverification of {len(questions)} questions: decoded {t1 - t0:.2f} s, with drafts {t2 - t1:.2f} s")
+
+    calls = []
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    own = answers_with_confidence(model, tok, [QUESTION], 48, drafts=[plain[0].text])[0]
+    assert own.text == plain[0].text and calls == []  # the skill's own answer: one forward pass, no decoding
+    # A draft right for a few words and then wrong: kept while it matches, the rest decoded.
+    words = plain[0].text.split()
+    half = " ".join(words[: max(1, len(words) // 2)]) + " Zanzibar in the year 1650."
+    wrong = answers_with_confidence(model, tok, [QUESTION], 48, drafts=[half])[0]
+    assert wrong.text == plain[0].text and calls == [1]

@@ -21,7 +21,7 @@ import fcntl
 import json
 import logging
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,6 +293,24 @@ class LoRAManager:
             return generate_answer(model, self.bundle.tokenizer, question, max_new_tokens=max_new_tokens)
 
     def answer(self, name: str | None, question: str, max_new_tokens: int = 48) -> Answer:
-        """The greedy answer with adapter ``name`` and how sure the model was of each token."""
+        """The greedy answer with adapter ``name`` and how sure the model was of each token.
+
+        The skill's taught answers are the drafts (``inference/answer.py``): a skill answering what it
+        learned is checked in a forward pass or two instead of a decode step per token; the answer is
+        the same greedy answer either way."""
+        pool = self.taught_answers(name)
         with self.use(name) as model:
-            return answer_with_confidence(model, self.bundle.tokenizer, question, max_new_tokens=max_new_tokens)
+            return answer_with_confidence(model, self.bundle.tokenizer, question, max_new_tokens=max_new_tokens,
+                                          pool=pool)
+
+    def taught_answers(self, name: str | None) -> list[str]:
+        """The answers skill ``name``'s card says it was trained to give: its facts' answers, then its
+        training pairs' answers, most common first (none for the base model or an unknown name)."""
+        skill = self.skills.get(name) if name not in (None, BASE_SKILL) else None
+        if skill is None:
+            return []
+        meta = skill.meta
+        facts = [f.get("answer") for f in meta.get("facts") or [] if isinstance(f, dict)]
+        pairs = Counter(p.get("answer") for p in meta.get("pairs") or [] if isinstance(p, dict))
+        answers = [meta.get("reference_answer"), *facts, *(a for a, _ in pairs.most_common())]
+        return list(dict.fromkeys(a for a in answers if isinstance(a, str) and a.strip()))
