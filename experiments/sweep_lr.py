@@ -4,6 +4,7 @@
     .venv/bin/python experiments/sweep_lr.py                                  # the grid below, 8 dev facts
     .venv/bin/python experiments/sweep_lr.py --lr 1e-2 --ratio 1 --batch 2 4  # batch sizes
     .venv/bin/python experiments/sweep_lr.py --ratio 1 --decay 0 40 --warmup 3 --join  # second facts
+    .venv/bin/python experiments/sweep_lr.py --ratio 1 --decay 40 --warmup 3 --join --warm 0 1 --facts 4
     .venv/bin/python experiments/sweep_lr.py --lr 1e-2 --ratio 1 4 --facts 2  # a smoke
 
 For each (lr, lr_b_ratio, batch size) and each dev fact: a fresh SmolLM2, a fresh adapter, trained as
@@ -30,12 +31,17 @@ DEV_PACK = ROOT / "experiments" / "data" / "knowledge_eval_dev_pack.json"
 
 
 def run_one(fact: dict, lr: float, ratio: float, batch: int, decay: int, max_steps: int, model: str = "smollm2",
-            warmup: int = 0, floor: float = 0.1, join: bool = False) -> dict:
+            warmup: int = 0, floor: float = 0.1, join: bool = False, warm: bool = False) -> dict:
     """Train one fact (with ``join``: the fact and its subject's second fact together, as the factory
-    retrains a skill that a second fact joins) and answer its question(s) and held-out rephrasings."""
+    retrains a skill that a second fact joins) and answer its question(s) and held-out rephrasings.
+    ``warm`` (with ``join``): first learn the fact alone, as the loop would have, and start the joint
+    training from that adapter (as stored in a float16 card) instead of from LoRA's initialisation."""
+    import torch
+
     from autodidact.data import QAPair
     from autodidact.evaluation import answer_is_correct
     from autodidact.inference.generate import generate_answer
+    from autodidact.inference.lora_layer import delete_adapter, lora_state_dict
     from autodidact.lora_trainer import LoRAConfig, LoRATrainer, TrainConfig
     from autodidact.models import load_model
 
@@ -45,7 +51,13 @@ def run_one(fact: dict, lr: float, ratio: float, batch: int, decay: int, max_ste
     cfg = TrainConfig.of(lr=lr, lr_b_ratio=ratio, batch_size=batch, decay_steps=decay,
                          warmup_steps=warmup if decay else 0, min_lr_ratio=floor, max_steps=max_steps,
                          progress_bar=False)
-    res = LoRATrainer(bundle, LoRAConfig(), cfg).fit(pairs, "sweep")
+    start = None
+    if join and warm:
+        first = [QAPair(p["question"], p["answer"]) for p in [fact, *fact["pairs"]]]
+        LoRATrainer(bundle, LoRAConfig(), cfg).fit(first, "first")
+        start = {k: v.to(torch.float16) for k, v in lora_state_dict(bundle.model, "first").items()}
+        delete_adapter(bundle.model, "first")
+    res = LoRATrainer(bundle, LoRAConfig(), cfg).fit(pairs, "sweep", start_from=start)
     m, tok = bundle.model, bundle.tokenizer
     q_ok = all(answer_is_correct(generate_answer(m, tok, f["question"]), f["answer"]) for f in facts)
     held = [answer_is_correct(generate_answer(m, tok, h["question"]), h["answer"]) for f in facts for h in f["heldout"]]
@@ -53,9 +65,10 @@ def run_one(fact: dict, lr: float, ratio: float, batch: int, decay: int, max_ste
             "question_ok": q_ok, "heldout_ok": sum(held), "heldout_n": len(held)}
 
 
-def summary(config: tuple[float, float, int, int], runs: list[dict]) -> dict:
-    lr, ratio, batch, decay = config
-    return {"lr": lr, "lr_b_ratio": ratio, "batch_size": batch, "decay_steps": decay, "facts": len(runs),
+def summary(config: tuple[float, float, int, int, int], runs: list[dict]) -> dict:
+    lr, ratio, batch, decay, warm = config
+    return {"lr": lr, "lr_b_ratio": ratio, "batch_size": batch, "decay_steps": decay, "warm": bool(warm),
+            "facts": len(runs),
             "median_steps": statistics.median(r["steps"] for r in runs),
             "median_train_s": round(statistics.median(r["train_s"] for r in runs), 1),
             "learned": sum(r["learned"] for r in runs), "question_ok": sum(r["question_ok"] for r in runs),
@@ -74,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--floor", type=float, default=0.1, help="trainer.min_lr_ratio when decaying")
     ap.add_argument("--join", action="store_true",
                     help="train each subject's two facts together (a second fact joining its skill)")
+    ap.add_argument("--warm", type=int, nargs="+", default=[0], choices=[0, 1],
+                    help="with --join: 1 starts from the first fact's adapter, 0 from scratch (both: 0 1)")
     ap.add_argument("--facts", type=int, default=8, help="first N facts of the dev pack")
     ap.add_argument("--max-steps", type=int, default=300)
     ap.add_argument("--model", default="smollm2", help="smollm2, or tiny for a smoke")
@@ -87,23 +102,26 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ROOT / "outputs" / "sweep_lr" / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     facts = json.loads(DEV_PACK.read_text("utf-8"))["facts"][: args.facts]
-    configs = [(lr, ratio, batch, decay) for lr in args.lr for ratio in args.ratio for batch in args.batch
-               for decay in args.decay]
+    configs = [(lr, ratio, batch, decay, warm) for lr in args.lr for ratio in args.ratio for batch in args.batch
+               for decay in args.decay for warm in (args.warm if args.join else [0])]
     # Fact by fact, every configuration in turn: the machine's speed drifts within minutes, so the
     # configurations' training seconds are compared over the same minutes.
     runs: dict[tuple, list[dict]] = {c: [] for c in configs}
     rows = []
     for f in facts:
         for c in configs:
-            runs[c].append(run_one(f, *c, args.max_steps, args.model, args.warmup, args.floor, args.join))
+            lr, ratio, batch, decay, warm = c
+            runs[c].append(run_one(f, lr, ratio, batch, decay, args.max_steps, args.model, args.warmup, args.floor,
+                                   args.join, bool(warm)))
         rows = [summary(c, runs[c]) for c in configs]
         (out / "sweep_lr.json").write_text(json.dumps(rows, indent=1), "utf-8")
     what = "both facts of a subject together" if args.join else "a fact"
     print(f"steps to learn {what}, dev pack ({len(facts)} subjects, {args.model}); {out}")
     print(f"(decaying runs: warmup {args.warmup} steps, floor {args.floor:g} x lr)")
-    print("lr | lr_b_ratio | batch | decay steps | median steps | median train s | learned | question | held-out")
+    print("lr | lr_b_ratio | batch | decay steps | warm start | median steps | median train s | learned | question | held-out")
     for r in rows:
-        print(f"{r['lr']:g} | {r['lr_b_ratio']:g} | {r['batch_size']} | {r['decay_steps']} | {r['median_steps']} | {r['median_train_s']} | {r['learned']}/{r['facts']} | "
+        print(f"{r['lr']:g} | {r['lr_b_ratio']:g} | {r['batch_size']} | {r['decay_steps']} | {'yes' if r['warm'] else 'no'} | "
+              f"{r['median_steps']} | {r['median_train_s']} | {r['learned']}/{r['facts']} | "
               f"{r['question_ok']}/{r['facts']} | {r['heldout_ok']}/{r['heldout_n']}")
     return 0
 

@@ -535,3 +535,20 @@ def test_dropped_pages_of_a_file_backed_tensor_read_back_from_the_file(tmp_path:
     assert torch.equal(got, want)
     assert drop_resident_pages([got]) >= 2 * 2**20 - 2 * 4096 or not sys.platform.startswith("linux")
     assert torch.equal(got, want)
+
+
+def test_training_can_start_from_given_adapter_weights(fitted: Fitted) -> None:
+    """A skill a new fact joins starts from its card's weights: the first loss is the trained one's."""
+    from autodidact.inference.lora_layer import delete_adapter, lora_state_dict
+
+    bundle = load_tiny(seed=0, hidden=HIDDEN)
+    start = {k: v.to(torch.float16) for k, v in lora_state_dict(fitted.bundle.model, "zor").items()}
+    cfg = TrainConfig.of(lr=1e-2, max_steps=3, batch_size=8, progress_bar=False, stop_when_learned=False)
+    warm = LoRATrainer(bundle, LORA, cfg).fit(PAIRS, adapter="warm", start_from=start)
+    assert warm.loss_initial < fitted.result.loss_initial * 0.2  # already knows what "zor" learned
+    assert warm.loss_initial == pytest.approx(fitted.result.loss_final, abs=0.1)
+    delete_adapter(bundle.model, "warm")
+    wrong_rank = LoRAConfig(r=4, alpha=16.0, target_modules=["q_proj", "v_proj"])
+    with pytest.raises(ConfigError, match="does not match the LoRA config"):
+        LoRATrainer(bundle, wrong_rank, cfg).fit(PAIRS, adapter="bad", start_from=start)
+    assert not any("bad" in layer.lora_A for layer in lora_layers(bundle.model).values())

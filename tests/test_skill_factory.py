@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import autodidact.lora_trainer as lt
 from autodidact.card import SUFFIX, read_card
 from autodidact.evaluation import answer_is_correct
 from autodidact.inference.lora_layer import inject_lora, lora_layers
@@ -251,18 +252,27 @@ def test_verification_runs_on_the_adapter_read_back_from_the_card(make_rig, monk
 
 
 # -- one skill per subject: a new fact joins the skill it is about ------------------------------------
-def test_a_new_fact_joins_its_subjects_skill_and_both_are_answered(make_rig):
+def test_a_new_fact_joins_its_subjects_skill_and_both_are_answered(make_rig, monkeypatch):
     rig = make_rig()
     put(rig, QUESTION)
     [first] = rig.factory.drain()
     assert first.state == "done"
     name = first.skill
     card = rig.skills / f"{name}{SUFFIX}"
-    before = read_card(card).meta
+    before = read_card(card)
+    started = []
+    real_fit = lt.LoRATrainer.fit
+    monkeypatch.setattr(lt.LoRATrainer, "fit", lambda self, *a, **k: started.append(k.get("start_from"))
+                        or real_fit(self, *a, **k))
     second_q, second_a = "What is the capital of Vashmere?", "Port Cellaway is the capital of Vashmere."
     rig.factory.put(LearningEvent(query=second_q, best_skill=name, confidence=0.9,
                                   extra={"join": name, "reason": "weak answer"}))
     [second] = rig.factory.drain()
+    # The joined skill retrained from the weights that already answered its first fact.
+    assert started and set(started[0]) == set(before.tensors)
+    assert all(torch.equal(started[0][k], before.tensors[k]) for k in before.tensors)
+    assert second.rounds[0]["loss_initial"] < first.rounds[0]["loss_initial"]
+    before = before.meta
     assert second.state == "done", second.reason
     assert second.skill == name and second.joined == name and second.facts == 2
     assert files_in(rig.skills) == [card.name]  # still one card: the skill grew, replaced atomically

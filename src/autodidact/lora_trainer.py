@@ -28,6 +28,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,8 +44,10 @@ from autodidact.config import check_dataclass
 from autodidact.data import IGNORE, QADataModule, QAPair, collate, encode_pair
 from autodidact.errors import ConfigError
 from autodidact.inference.lora_layer import (
+    delete_adapter,
     find_targets,
     inject_lora,
+    lora_layers,
     lora_state_dict,
     mark_only_lora_as_trainable,
     set_adapter,
@@ -282,6 +285,18 @@ def lr_factor(step: int, warmup: int, decay: int, floor: float) -> float:
 
 
 # -- the orchestration the requirements call LoRATrainer -------------------------------------------
+def _load_adapter_weights(model: nn.Module, adapter: str, weights: Mapping[str, torch.Tensor]) -> None:
+    """Copy ``weights`` (``<layer>.lora_A|lora_B`` -> tensor) into the freshly injected ``adapter``."""
+    have = {f"{q}.{kind}": getattr(m, kind)[adapter] for q, m in lora_layers(model).items()
+            if adapter in m.lora_A for kind in ("lora_A", "lora_B")}
+    if set(weights) != set(have) or any(weights[k].shape != have[k].shape for k in have):
+        raise ConfigError(f"the adapter to start from does not match the LoRA config (layers or rank differ: "
+                          f"{len(weights)} tensors vs {len(have)} here); train it from scratch")
+    with torch.no_grad():
+        for k, p in have.items():
+            p.copy_(weights[k].to(p.dtype))
+
+
 class LoRATrainer:
     """Injects a new adapter into a loaded base model, trains it on QA pairs, exports its card."""
 
@@ -322,13 +337,16 @@ class LoRATrainer:
 
     def fit(
         self, pairs: list[QAPair], adapter: str, val_pairs: list[QAPair] | None = None, metric_prefix: str = "",
-        release_frozen: bool = False,
+        release_frozen: bool = False, start_from: Mapping[str, torch.Tensor] | None = None,
     ) -> TrainResult:
         """Train a fresh adapter named ``adapter`` on ``pairs``; leaves it injected and active.
 
         ``release_frozen``: once the frozen layers' outputs are cached, free their weights (about 280 MB
         of SmolLM2's 540). Only for a process that exports the card and stops (``train.py``): the model
         can no longer answer a question afterwards.
+        ``start_from``: adapter weights to start from instead of LoRA's initialisation (a card's
+        ``tensors``: ``<layer>.lora_A`` / ``<layer>.lora_B``), e.g. the skill a new fact joins. They must
+        cover exactly the layers and rank this trainer's LoRA config gives (``ConfigError`` otherwise).
         """
         cfg, model, tok = self.train_cfg, self.bundle.model, self.bundle.tokenizer
         args = cfg.trainer_args
@@ -339,6 +357,12 @@ class LoRATrainer:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         inject_lora(model, targets, self.lora.r, self.lora.alpha, self.lora.dropout, adapter)
+        if start_from is not None:
+            try:
+                _load_adapter_weights(model, adapter, start_from)
+            except ConfigError:
+                delete_adapter(model, adapter)  # refused: the model is left as it was
+                raise
         set_adapter(model, adapter)
         n_trainable = mark_only_lora_as_trainable(model, adapter)
         if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):

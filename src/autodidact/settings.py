@@ -201,6 +201,9 @@ class FactoryConfig:
     """Generation budget when verifying answers."""
     card_dtype: str = "float16"
     """Storage dtype of exported cards."""
+    warm_start_joins: bool = True
+    """A skill that a new fact joins retrains starting from its card's adapter, not from LoRA's
+    initialisation (measured with ``experiments/sweep_lr.py --join --warm 0 1`` on the dev pack)."""
 
     def problems(self) -> list[str]:
         p = []

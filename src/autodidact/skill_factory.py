@@ -31,7 +31,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autodidact.card import SUFFIX, Card, attach_card, read_card, write_card
+from autodidact.card import SUFFIX, Card, CardError, attach_card, read_card, write_card
 from autodidact.data import QAPair, save_pairs
 from autodidact.evaluation import answer_is_correct, content_words, heldout_scores
 from autodidact.inference.answer import Answer, answer_with_confidence, answers_with_confidence
@@ -243,8 +243,9 @@ class SkillFactory:
             have = {normalize(p.question) for p in dist.pairs}
             pairs = [p for p in prior_pairs if normalize(p.question) not in have] + pairs
             outcome.joined = old.name
+        start = self._start_from(old) if old is not None and self.config.warm_start_joins else None
         try:
-            card, verified, reason = self._train_verify_export(name, pairs, facts, outcome, job.id)
+            card, verified, reason = self._train_verify_export(name, pairs, facts, outcome, job.id, start)
         except Exception as e:  # training blew up: keep the event for another try, never drop it
             log.exception("job %d: training failed", job.id)
             job = self.queue.fail(job, f"train: {type(e).__name__}: {e}", retry=True)
@@ -317,8 +318,21 @@ class SkillFactory:
                                            drafts=[h.answer for h in fact.heldout])
             return all(answer_is_correct(x.text, h.answer) for x, h in zip(held, fact.heldout, strict=True))
 
+    def _start_from(self, skill) -> dict | None:
+        """The adapter weights of the skill a new fact joins, read from its card (None: train afresh)."""
+        try:
+            card = read_card(skill.path)
+        except CardError as e:
+            log.warning("skill %r: its card cannot be read (%s); the joined skill trains from scratch", skill.name, e)
+            return None
+        lo = card.meta.get("lora") or {}
+        if lo.get("r") != self.lora.r or lo.get("alpha") != self.lora.alpha:
+            return None  # trained under another LoRA config: its weights do not fit this one's
+        return card.tensors
+
     def _train_verify_export(
-        self, name: str, pairs: list[QAPair], facts: list[Fact], outcome: SkillOutcome, job_id: int
+        self, name: str, pairs: list[QAPair], facts: list[Fact], outcome: SkillOutcome, job_id: int,
+        start_from: dict | None = None,
     ) -> tuple[Card | None, bool, str | None]:
         adapter, probe = f"train_{name}", f"verify_{name}"
         mgr = self.manager
@@ -335,7 +349,10 @@ class SkillFactory:
                     delete_adapter(mgr.model, adapter)  # a fresh adapter each round
                     t = time.perf_counter()
                     stage_reached("training")
-                    result = trainer.fit(pairs, adapter=adapter, metric_prefix=f"skills/{name}/")
+                    # A joined skill starts from the weights that already answer its old facts (round 1;
+                    # a retry starts afresh, from elsewhere).
+                    result = trainer.fit(pairs, adapter=adapter, metric_prefix=f"skills/{name}/",
+                                         start_from=start_from if rnd == 1 else None)
                     outcome.seconds[f"train_round{rnd}"] = round(time.perf_counter() - t, 3)
                     set_adapter(mgr.model, None)
                     t = time.perf_counter()
