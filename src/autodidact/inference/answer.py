@@ -13,8 +13,10 @@ the greedy answer keeps the draft's tokens for as long as each is the model's ow
 model's choice at the first one that is not (speculative decoding, Leviathan et al. 2023, with the
 expected answer as the draft model). Only what remains is decoded token by token. The result is the
 greedy answer either way; a wrong draft costs one extra forward pass. Decoding is bound by reading
-the weights (SmolLM2 in fp32: ~100 ms a token here for any handful of rows), while checking a
-15-token draft for five questions takes about as long as two or three decode steps.
+the weights (SmolLM2 in fp32: ~100 ms a token here for any handful of rows). Measured on this 2-core
+CPU with a trained SmolLM2 skill: one question and its taught answer, 0.28 s against 1.55 s decoded;
+a question and four rephrasings with their expected answers and the training answers as the pool,
+1.33 s against 3.23 s (all answers identical).
 """
 
 from __future__ import annotations
@@ -68,8 +70,8 @@ def draftable(model: torch.nn.Module) -> bool:
 
 
 DRAFT_ROUNDS = 3
-"""Forward passes spent on drafts before the rest is decoded token by token. A pass over a handful of
-rows costs about what 3-5 decode steps do here, so a draft must save more than that to pay."""
+"""Forward passes spent on drafts before the rest is decoded token by token. A pass over one row costs
+about what 2-3 decode steps do here, over five rows 5-6, so a draft must save more than that to pay."""
 
 
 @torch.no_grad()
