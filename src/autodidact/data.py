@@ -116,9 +116,15 @@ def prompt_ids(tokenizer, question: str) -> list[int]:
     return list(tokenizer(prompt_text(tokenizer, question), add_special_tokens=False)["input_ids"])
 
 
+def answer_ids(tokenizer, answer: str) -> list[int]:
+    """Token ids a skill is trained to produce for ``answer``: the answer alone, then the end of turn
+    (what verification's drafts are checked against, so both are built here)."""
+    return tokenizer(answer, add_special_tokens=False)["input_ids"] + [end_of_turn_id(tokenizer)]
+
+
 def encode_pair(tokenizer, pair: QAPair, max_length: int, mask_prompt: bool = True) -> dict[str, list[int]]:
     p = prompt_ids(tokenizer, pair.question)
-    a = tokenizer(pair.answer, add_special_tokens=False)["input_ids"] + [end_of_turn_id(tokenizer)]
+    a = answer_ids(tokenizer, pair.answer)
     ids = (p + a)[:max_length]
     labels = ([IGNORE] * len(p) if mask_prompt else list(p)) + a
     return {"input_ids": ids, "labels": labels[:max_length]}

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from autodidact.data import end_of_turn_id, prompt_ids
+from autodidact.data import answer_ids, end_of_turn_id, prompt_ids
 from autodidact.inference.generate import torch_threads
 
 
@@ -131,13 +131,11 @@ def _settle_drafts(model, tokenizer, prompts, drafts, pool, max_new_tokens, pad,
     """Up to ``DRAFT_ROUNDS`` passes over the rows that have a draft consistent with what they have said;
     fills ``kept``/``probs`` with each row's greedy prefix and marks the rows that are done."""
 
-    def ids(text: str) -> list[int]:  # the tokens training taught: the answer alone, then the end of turn
-        return (tokenizer(text, add_special_tokens=False)["input_ids"] + [eot])[:max_new_tokens]
+    def ids(text: str) -> list[int]:  # the tokens training taught, cut to the budget
+        return answer_ids(tokenizer, text)[:max_new_tokens]
 
     own = [ids(d) if d else None for d in drafts]
-    shared: list[list[int]] = []
-    for text in dict.fromkeys(t for t in pool if t):
-        shared.append(ids(text))
+    shared = [ids(text) for text in dict.fromkeys(t for t in pool if t)]
     tried: list[set[tuple[int, ...]]] = [set() for _ in prompts]
     stuck = [False] * len(prompts)
     for _ in range(DRAFT_ROUNDS):
@@ -171,10 +169,8 @@ def _check_drafts(model, prompts: list[list[int]], drafts: list[list[int]], pad:
     first real token, as ``generate`` numbers them, and only the last ``D + 1`` positions go through
     the output head (``D``: the longest draft).
     """
-    seqs = [p + d for p, d in zip(prompts, drafts, strict=True)]
-    width, longest = max(map(len, seqs)), max(map(len, drafts))
-    ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs])  # (B, T)
-    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])  # (B, T)
+    ids, mask = _left_padded([p + d for p, d in zip(prompts, drafts, strict=True)], pad)  # (B, T) each
+    longest = max(map(len, drafts))
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
                    logits_to_keep=longest + 1).logits  # (B, D+1, V): position t predicts token t+1
@@ -196,9 +192,8 @@ def _check_drafts(model, prompts: list[list[int]], drafts: list[list[int]], pad:
 @torch.no_grad()
 def _decode(model, inputs: list[list[int]], max_new_tokens: int, pad: int, eot: int) -> list[tuple[list[int], list[float]]]:
     """Greedy continuation of each left-padded input, to its end of turn or ``max_new_tokens``."""
-    width = max(map(len, inputs))
-    ids = torch.tensor([[pad] * (width - len(s)) + s for s in inputs])  # (B, T) left-padded
-    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in inputs])  # (B, T)
+    ids, mask = _left_padded(inputs, pad)  # (B, T) each
+    width = ids.shape[1]
     out = model.generate(
         input_ids=ids,
         attention_mask=mask,
@@ -220,3 +215,11 @@ def _decode(model, inputs: list[list[int]], max_new_tokens: int, pad: int, eot: 
         # scores[t]: (B, V) logits that chose token t; greedy, so its probability is the max of the softmax.
         rows.append((new, [float(torch.softmax(out.scores[t][b].float(), dim=-1)[tok]) for t, tok in enumerate(new)]))
     return rows
+
+
+def _left_padded(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows left-padded to one width, and their attention mask: (B, T) each."""
+    width = max(map(len, seqs))
+    ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs])
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
+    return ids, mask
