@@ -285,6 +285,20 @@ def test_a_new_fact_joins_its_subjects_skill_and_both_are_answered(make_rig, mon
     assert list(rig.manager.skills) == [name]
 
 
+def test_a_joined_skill_trained_under_another_lora_config_retrains_from_scratch(make_rig):
+    """Warm start needs the card's adapter to fit this config; a card with other layers, rank or alpha
+    (the user changed lora.*) is not an error, the joined skill just starts from LoRA's initialisation."""
+    rig = make_rig()
+    put(rig, QUESTION)
+    [first] = rig.factory.drain()
+    skill = rig.manager.skills[first.skill]
+    assert set(rig.factory._start_from(skill)) == set(read_card(skill.path).tensors)
+    for other in (dataclasses.replace(LORA, target_modules=["q_proj", "v_proj"]), dataclasses.replace(LORA, r=4),
+                  dataclasses.replace(LORA, alpha=8.0)):
+        rig.factory.lora = other
+        assert rig.factory._start_from(skill) is None
+
+
 # -- what the base model knows is not learned ---------------------------------------------------------
 def bake_into_base(manager: LoRAManager, card_path: Path) -> None:
     """Add a card's update B·A·(alpha/r) into the base weights: a base model that now knows the fact."""

@@ -39,7 +39,7 @@ from autodidact.inference.lora_layer import delete_adapter, set_adapter
 from autodidact.inference.lora_router import build_routing
 from autodidact.learning_queue import Job, LearningEvent, LearningQueue, topic_key
 from autodidact.lora_manager import LoRAManager
-from autodidact.lora_trainer import LoRATrainer
+from autodidact.lora_trainer import LoRATrainer, adapter_targets
 from autodidact.settings import FactoryConfig, LoRAConfig, TrainConfig
 from autodidact.teachers import CloudDistiller, TeacherError
 from autodidact.teachers.distiller import normalize
@@ -326,8 +326,12 @@ class SkillFactory:
             log.warning("skill %r: its card cannot be read (%s); the joined skill trains from scratch", skill.name, e)
             return None
         lo = card.meta.get("lora") or {}
-        if lo.get("r") != self.lora.r or lo.get("alpha") != self.lora.alpha:
-            return None  # trained under another LoRA config: its weights do not fit this one's
+        try:
+            targets = set(adapter_targets(self.manager.model, self.lora))
+        except ValueError:
+            return None  # a LoRA config that selects no layer: training reports it
+        if lo.get("r") != self.lora.r or lo.get("alpha") != self.lora.alpha or set(card.layers) != targets:
+            return None  # trained under another LoRA config (rank, alpha or layers): its weights do not fit
         return card.tensors
 
     def _train_verify_export(
