@@ -21,7 +21,7 @@ import fcntl
 import json
 import logging
 import threading
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,7 @@ import torch.nn as nn
 from autodidact.card import SUFFIX, Card, CardError, attach_card, check_card_fits, read_card
 from autodidact.errors import ConfigError
 from autodidact.fileio import atomic_write_text
-from autodidact.inference.answer import Answer, answer_with_confidence
+from autodidact.inference.answer import Answer, answer_with_confidence, draft_pool
 from autodidact.inference.generate import generate_answer
 from autodidact.inference.lora_layer import delete_adapter, set_adapter
 from autodidact.models import ModelBundle
@@ -311,6 +311,6 @@ class LoRAManager:
             return []
         meta = skill.meta
         facts = [f.get("answer") for f in meta.get("facts") or [] if isinstance(f, dict)]
-        pairs = Counter(p.get("answer") for p in meta.get("pairs") or [] if isinstance(p, dict))
-        answers = [meta.get("reference_answer"), *facts, *(a for a, _ in pairs.most_common())]
+        pairs = draft_pool(p.get("answer") for p in meta.get("pairs") or [] if isinstance(p, dict))
+        answers = [meta.get("reference_answer"), *facts, *pairs]
         return list(dict.fromkeys(a for a in answers if isinstance(a, str) and a.strip()))

@@ -27,14 +27,13 @@ import hashlib
 import logging
 import os
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from autodidact.card import SUFFIX, Card, CardError, attach_card, read_card, write_card
 from autodidact.data import QAPair, save_pairs
 from autodidact.evaluation import answer_is_correct, content_words, heldout_scores
-from autodidact.inference.answer import Answer, answer_with_confidence, answers_with_confidence
+from autodidact.inference.answer import Answer, answer_with_confidence, answers_with_confidence, draft_pool
 from autodidact.inference.lora_layer import delete_adapter, set_adapter
 from autodidact.inference.lora_router import build_routing
 from autodidact.learning_queue import Job, LearningEvent, LearningQueue, topic_key
@@ -279,7 +278,7 @@ class SkillFactory:
         # training answers, most common first): a skill that learned them is checked in a forward pass
         # or two instead of a decode step per token, with the same greedy answers either way.
         drafts = [a for f in facts for a in (f.answer, *(h.answer for h in f.heldout))]
-        pool = [a for a, _ in Counter(p.answer for p in pairs).most_common()]
+        pool = draft_pool(p.answer for p in pairs)
         answers = iter(answers_with_confidence(mgr.model, mgr.bundle.tokenizer, questions, self.config.max_new_tokens,
                                                drafts=drafts, pool=pool))
         refs, held, texts, golds, answered = [], [], [], [], {}

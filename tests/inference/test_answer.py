@@ -100,3 +100,10 @@ def test_drafts_are_ignored_where_decoding_is_not_the_plain_argmax(bundle, monke
     monkeypatch.setattr(bundle.model, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
     answers_with_confidence(bundle.model, bundle.tokenizer, QUESTIONS[:1], max_new_tokens=4, drafts=["abc"])
     assert calls == [1]  # decoded token by token, with the penalty
+
+
+def test_draft_pool_orders_taught_answers_by_frequency_once_each():
+    from autodidact.inference.answer import draft_pool
+
+    assert draft_pool(["b", "a", "", None, "b", "  ", "c", "b", "a"]) == ["b", "a", "c"]
+    assert draft_pool([]) == []

@@ -21,7 +21,8 @@ a question and four rephrasings with their expected answers and the training ans
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,13 @@ def answer_with_confidence(
 ) -> Answer:
     """Greedy answer to ``question`` with whatever adapter is active, and its token probabilities."""
     return answers_with_confidence(model, tokenizer, [question], max_new_tokens, threads, [draft], pool)[0]
+
+
+def draft_pool(answers: Iterable[str | None]) -> list[str]:
+    """Taught answers as a ``pool``: each distinct non-empty answer once, the most often taught first
+    (a paraphrased question's answer is most likely the answer the skill was taught most)."""
+    counts = Counter(a for a in answers if isinstance(a, str) and a.strip())
+    return [a for a, _ in counts.most_common()]
 
 
 def draftable(model: torch.nn.Module) -> bool:
