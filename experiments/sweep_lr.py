@@ -6,6 +6,7 @@
     .venv/bin/python experiments/sweep_lr.py --ratio 1 --decay 0 40 --warmup 3 --join  # second facts
     .venv/bin/python experiments/sweep_lr.py --ratio 1 --decay 40 --warmup 3 --join --warm 0 1 --facts 4
     .venv/bin/python experiments/sweep_lr.py --lr 1e-2 --ratio 1 4 --facts 2  # a smoke
+    .venv/bin/python experiments/sweep_lr.py --ratio 1 --decay 40 --warmup 3 --lora 10:q_proj,v_proj 6:gate_proj,up_proj,down_proj
 
 For each (lr, lr_b_ratio, batch size) and each dev fact: a fresh SmolLM2, a fresh adapter, trained as
 ``train.py`` trains (conf/lora defaults, stop once every training answer is reproduced) on the fact's
@@ -13,7 +14,9 @@ teacher pairs plus its question; then the question and its held-out rephrasings 
 with the adapter. Prints one row per configuration (median steps and training seconds, how many facts
 were learned within the step budget, question and held-out accuracy) and writes ``sweep_lr.json``.
 Less training time at the same accuracy is what ``trainer.lr`` / ``lr_b_ratio`` / ``batch_size`` are
-chosen by (steps alone mislead across batch sizes).
+chosen by (steps alone mislead across batch sizes). ``--lora TOP:MODULES`` compares adapter shapes the
+same way (``lora.top_layers`` and ``lora.target_modules``): a step's work grows with the layers from the
+lowest adapter up, so fewer layers with more modules each may learn in less time, or may not.
 """
 
 from __future__ import annotations
@@ -28,10 +31,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 DEV_PACK = ROOT / "experiments" / "data" / "knowledge_eval_dev_pack.json"
+DEFAULT_LORA = "4:q_proj,v_proj,gate_proj,up_proj,down_proj"  # conf/lora/default.yaml
+
+
+def lora_shape(spec: str):
+    """``"6:gate_proj,up_proj"`` -> LoRAConfig(top_layers=6, target_modules=[...]) (``all``: every layer)."""
+    from autodidact.lora_trainer import LoRAConfig
+
+    top, _, modules = spec.partition(":")
+    if not modules or not (top == "all" or top.isdigit()):
+        raise SystemExit(f"--lora {spec!r}: expected TOP:MODULE[,MODULE...], e.g. 6:gate_proj,up_proj,down_proj")
+    return LoRAConfig(top_layers=None if top == "all" else int(top), target_modules=modules.split(","))
 
 
 def run_one(fact: dict, lr: float, ratio: float, batch: int, decay: int, max_steps: int, model: str = "smollm2",
-            warmup: int = 0, floor: float = 0.1, join: bool = False, warm: bool = False) -> dict:
+            warmup: int = 0, floor: float = 0.1, join: bool = False, warm: bool = False,
+            lora: str = DEFAULT_LORA) -> dict:
     """Train one fact (with ``join``: the fact and its subject's second fact together, as the factory
     retrains a skill that a second fact joins) and answer its question(s) and held-out rephrasings.
     ``warm`` (with ``join``): first learn the fact alone, as the loop would have, and start the joint
@@ -42,7 +57,7 @@ def run_one(fact: dict, lr: float, ratio: float, batch: int, decay: int, max_ste
     from autodidact.evaluation import answer_is_correct
     from autodidact.inference.generate import generate_answer
     from autodidact.inference.lora_layer import delete_adapter, lora_state_dict
-    from autodidact.lora_trainer import LoRAConfig, LoRATrainer, TrainConfig
+    from autodidact.lora_trainer import LoRATrainer, TrainConfig
     from autodidact.models import load_model
 
     bundle = load_model(model)
@@ -54,10 +69,10 @@ def run_one(fact: dict, lr: float, ratio: float, batch: int, decay: int, max_ste
     start = None
     if join and warm:
         first = [QAPair(p["question"], p["answer"]) for p in [fact, *fact["pairs"]]]
-        LoRATrainer(bundle, LoRAConfig(), cfg).fit(first, "first")
+        LoRATrainer(bundle, lora_shape(lora), cfg).fit(first, "first")
         start = {k: v.to(torch.float16) for k, v in lora_state_dict(bundle.model, "first").items()}
         delete_adapter(bundle.model, "first")
-    res = LoRATrainer(bundle, LoRAConfig(), cfg).fit(pairs, "sweep", start_from=start)
+    res = LoRATrainer(bundle, lora_shape(lora), cfg).fit(pairs, "sweep", start_from=start)
     m, tok = bundle.model, bundle.tokenizer
     q_ok = all(answer_is_correct(generate_answer(m, tok, f["question"]), f["answer"]) for f in facts)
     held = [answer_is_correct(generate_answer(m, tok, h["question"]), h["answer"]) for f in facts for h in f["heldout"]]
@@ -65,9 +80,10 @@ def run_one(fact: dict, lr: float, ratio: float, batch: int, decay: int, max_ste
             "question_ok": q_ok, "heldout_ok": sum(held), "heldout_n": len(held)}
 
 
-def summary(config: tuple[float, float, int, int, int], runs: list[dict]) -> dict:
-    lr, ratio, batch, decay, warm = config
+def summary(config: tuple[float, float, int, int, int, str], runs: list[dict]) -> dict:
+    lr, ratio, batch, decay, warm, lora = config
     return {"lr": lr, "lr_b_ratio": ratio, "batch_size": batch, "decay_steps": decay, "warm": bool(warm),
+            "lora": lora,
             "facts": len(runs),
             "median_steps": statistics.median(r["steps"] for r in runs),
             "median_train_s": round(statistics.median(r["train_s"] for r in runs), 1),
@@ -89,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="train each subject's two facts together (a second fact joining its skill)")
     ap.add_argument("--warm", type=int, nargs="+", default=[0], choices=[0, 1],
                     help="with --join: 1 starts from the first fact's adapter, 0 from scratch (both: 0 1)")
+    ap.add_argument("--lora", nargs="+", default=[DEFAULT_LORA],
+                    help="adapter shapes TOP:MODULES (lora.top_layers:lora.target_modules), e.g. 6:gate_proj,up_proj,down_proj")
     ap.add_argument("--facts", type=int, default=8, help="first N facts of the dev pack")
     ap.add_argument("--max-steps", type=int, default=300)
     ap.add_argument("--model", default="smollm2", help="smollm2, or tiny for a smoke")
@@ -102,25 +120,27 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ROOT / "outputs" / "sweep_lr" / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     facts = json.loads(DEV_PACK.read_text("utf-8"))["facts"][: args.facts]
-    configs = [(lr, ratio, batch, decay, warm) for lr in args.lr for ratio in args.ratio for batch in args.batch
-               for decay in args.decay for warm in (args.warm if args.join else [0])]
+    for spec in args.lora:
+        lora_shape(spec)  # a malformed shape fails now, not after the first configurations' minutes
+    configs = [(lr, ratio, batch, decay, warm, lora) for lr in args.lr for ratio in args.ratio for batch in args.batch
+               for decay in args.decay for warm in (args.warm if args.join else [0]) for lora in args.lora]
     # Fact by fact, every configuration in turn: the machine's speed drifts within minutes, so the
     # configurations' training seconds are compared over the same minutes.
     runs: dict[tuple, list[dict]] = {c: [] for c in configs}
     rows = []
     for f in facts:
         for c in configs:
-            lr, ratio, batch, decay, warm = c
+            lr, ratio, batch, decay, warm, lora = c
             runs[c].append(run_one(f, lr, ratio, batch, decay, args.max_steps, args.model, args.warmup, args.floor,
-                                   args.join, bool(warm)))
+                                   args.join, bool(warm), lora))
         rows = [summary(c, runs[c]) for c in configs]
         (out / "sweep_lr.json").write_text(json.dumps(rows, indent=1), "utf-8")
     what = "both facts of a subject together" if args.join else "a fact"
     print(f"steps to learn {what}, dev pack ({len(facts)} subjects, {args.model}); {out}")
     print(f"(decaying runs: warmup {args.warmup} steps, floor {args.floor:g} x lr)")
-    print("lr | lr_b_ratio | batch | decay steps | warm start | median steps | median train s | learned | question | held-out")
+    print("lr | lr_b_ratio | batch | decay steps | warm start | adapters | median steps | median train s | learned | question | held-out")
     for r in rows:
-        print(f"{r['lr']:g} | {r['lr_b_ratio']:g} | {r['batch_size']} | {r['decay_steps']} | {'yes' if r['warm'] else 'no'} | "
+        print(f"{r['lr']:g} | {r['lr_b_ratio']:g} | {r['batch_size']} | {r['decay_steps']} | {'yes' if r['warm'] else 'no'} | {r['lora']} | "
               f"{r['median_steps']} | {r['median_train_s']} | {r['learned']}/{r['facts']} | "
               f"{r['question_ok']}/{r['facts']} | {r['heldout_ok']}/{r['heldout_n']}")
     return 0

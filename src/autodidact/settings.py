@@ -67,9 +67,9 @@ class LoRAConfig:
     """Scale numerator: the update is multiplied by alpha / r."""
     dropout: float = 0.0
     """Dropout on the adapter's input; 0 keeps the learned-check exact and training deterministic."""
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"])
     """Leaf names of the nn.Linear layers that get an adapter (PEFT's target_modules)."""
-    top_layers: int | None = 10
+    top_layers: int | None = 4
     """Adapters only on the top N decoder layers (a shorter backward, and the frozen layers below run
     once per example); null: every layer."""
     layers_to_transform: list[int] | None = None
