@@ -408,7 +408,8 @@ def test_fit_runs_the_frozen_layers_once_per_example_and_only_the_top_layers_get
     for i, layer in enumerate(bundle.model.model.layers):
         layer.register_forward_pre_hook(lambda m, a, i=i: calls.__setitem__(i, calls[i] + 1))
     cfg = TrainConfig.of(lr=1e-3, batch_size=4, max_steps=6, stop_when_learned=False, progress_bar=False)
-    result = LoRATrainer(bundle, LoRAConfig(r=2, alpha=4.0, top_layers=2), cfg).fit(PAIRS, adapter="t")
+    lora = LoRAConfig(r=2, alpha=4.0, top_layers=2, target_modules=["q_proj", "v_proj"])
+    result = LoRATrainer(bundle, lora, cfg).fit(PAIRS, adapter="t")
     assert sorted(lora_layers(bundle.model)) == [f"model.layers.{i}.self_attn.{m}" for i in (2, 3)
                                                  for m in ("q_proj", "v_proj")]
     # Layers 0-1 run in one pass over the 8 examples (one chunk), which stops as it reaches layer 2

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from autodidact.card import load_card
 from autodidact.data import load_pairs, save_pairs
@@ -77,7 +78,8 @@ def test_the_card_loads_into_a_fresh_tiny_model_and_matches_the_summary(run: Run
     card = load_card(run.card, bundle.model, bundle.fingerprint)
     assert card.skill == "velmora"
     assert card.meta["base_model"]["fingerprint"] == bundle.fingerprint
-    assert card.meta["lora"]["target_modules"] == ["q_proj", "v_proj"]  # conf/lora/default.yaml
+    shipped = OmegaConf.load(ROOT / "conf" / "lora" / "default.yaml")
+    assert card.meta["lora"]["target_modules"] == list(shipped.target_modules)
     train = card.meta["train"]
     assert f"{train['loss_initial']:.4f} -> {train['loss_final']:.4f}" == run.summary["loss"]
     assert run.summary["steps"].startswith(f"{train['steps']} ")
