@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -397,6 +398,18 @@ def test_refusals_name_the_file_and_the_problem(source: Source, tmp_path: Path, 
     assert not lora_layers(bundle.model)
     after = _base_state(bundle.model)
     assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+@pytest.mark.parametrize("row", [0, -1], ids=["first", "last"])
+def test_a_non_finite_value_is_refused_naming_its_tensor(source: Source, tmp_path: Path, row: int) -> None:
+    """Finiteness is checked over all of a card's tensors at once; the refusal still names the one."""
+    good = source.cards["float32"]
+    with pa.memory_map(str(good)) as f:
+        name = pa.ipc.open_file(f).read_all().column("name").to_pylist()[row]
+    inf = b"\x00\x00\x80\x7f"  # float32 +Inf, little-endian
+    path = _rewrite(good, tmp_path / "x.lora.arrow", rows=_edit_row(row, data=lambda r: r["data"][:-4] + inf))
+    with pytest.raises(CardError, match=f"tensor '{re.escape(name)}' holds NaN or Inf"):
+        read_card(path)
 
 
 def test_loading_the_same_adapter_twice_is_refused(source: Source) -> None:
