@@ -58,6 +58,21 @@ def test_sweep_lr_trains_each_configuration_and_writes_its_table(tmp_path):
     assert all(r["facts"] == 1 and r["runs"][0]["steps"] == 2 and r["heldout_n"] >= 1 for r in rows)
 
 
+def test_sweep_lr_compares_adapter_shapes(tmp_path):
+    import sweep_lr
+
+    assert sweep_lr.main(["--model", "tiny", "--facts", "1", "--ratio", "1", "--max-steps", "2",
+                          "--lora", "1:q_proj,v_proj", "2:gate_proj,up_proj,down_proj", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "sweep_lr.json").read_text())
+    assert [r["lora"] for r in rows] == ["1:q_proj,v_proj", "2:gate_proj,up_proj,down_proj"]
+    assert all(r["runs"][0]["steps"] == 2 for r in rows)
+    shape = sweep_lr.lora_shape("2:gate_proj,up_proj")
+    assert (shape.top_layers, shape.target_modules) == (2, ["gate_proj", "up_proj"])
+    assert sweep_lr.lora_shape("all:q_proj").top_layers is None
+    with pytest.raises(SystemExit, match="expected TOP:MODULE"):
+        sweep_lr.lora_shape("q_proj,v_proj")
+
+
 def test_answer_threshold_is_the_middle_of_the_widest_best_gap():
     from fit_answer_threshold import best_threshold
 
