@@ -31,13 +31,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 DEV_PACK = ROOT / "experiments" / "data" / "knowledge_eval_dev_pack.json"
-DEFAULT_LORA = "4:q_proj,v_proj,gate_proj,up_proj,down_proj"  # conf/lora/default.yaml
+DEFAULT_LORA = "shipped"  # conf/lora/default.yaml, as train.py and the loop read it
 
 
 def lora_shape(spec: str):
-    """``"6:gate_proj,up_proj"`` -> LoRAConfig(top_layers=6, target_modules=[...]) (``all``: every layer)."""
+    """``"6:gate_proj,up_proj"`` -> LoRAConfig(top_layers=6, target_modules=[...]) (``all``: every layer);
+    ``"shipped"``: conf/lora/default.yaml."""
     from autodidact.lora_trainer import LoRAConfig
 
+    if spec == DEFAULT_LORA:
+        from bench_hotload import shipped_lora
+
+        return shipped_lora()
     top, _, modules = spec.partition(":")
     if not modules or not (top == "all" or top.isdigit()):
         raise SystemExit(f"--lora {spec!r}: expected TOP:MODULE[,MODULE...], e.g. 6:gate_proj,up_proj,down_proj")
@@ -106,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm", type=int, nargs="+", default=[0], choices=[0, 1],
                     help="with --join: 1 starts from the first fact's adapter, 0 from scratch (both: 0 1)")
     ap.add_argument("--lora", nargs="+", default=[DEFAULT_LORA],
-                    help="adapter shapes TOP:MODULES (lora.top_layers:lora.target_modules), e.g. 6:gate_proj,up_proj,down_proj")
+                    help="adapter shapes TOP:MODULES (lora.top_layers:lora.target_modules), e.g. 6:gate_proj,up_proj,down_proj; "
+                         "shipped (the default): conf/lora/default.yaml")
     ap.add_argument("--facts", type=int, default=8, help="first N facts of the dev pack")
     ap.add_argument("--max-steps", type=int, default=300)
     ap.add_argument("--model", default="smollm2", help="smollm2, or tiny for a smoke")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "experiments"))
@@ -69,6 +70,8 @@ def test_sweep_lr_compares_adapter_shapes(tmp_path):
     shape = sweep_lr.lora_shape("2:gate_proj,up_proj")
     assert (shape.top_layers, shape.target_modules) == (2, ["gate_proj", "up_proj"])
     assert sweep_lr.lora_shape("all:q_proj").top_layers is None
+    shipped, conf = sweep_lr.lora_shape("shipped"), OmegaConf.load(ROOT / "conf" / "lora" / "default.yaml")
+    assert (shipped.top_layers, shipped.target_modules) == (conf.top_layers, list(conf.target_modules))
     with pytest.raises(SystemExit, match="expected TOP:MODULE"):
         sweep_lr.lora_shape("q_proj,v_proj")
 
