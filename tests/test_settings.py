@@ -122,3 +122,16 @@ def test_evolve_refuses_more_than_one_training_process(overrides):
     """Lightning's ddp launcher re-runs the script: in evolve.py that would be the whole loop, twice."""
     with pytest.raises(ConfigError, match=r"evolve.py trains each skill in one process .* with train.py"):
         check_evolve_config(_compose(*overrides))
+
+
+def test_lora_config_defaults_are_the_shipped_lora_file() -> None:
+    """Code that builds a LoRAConfig() directly (benchmarks, library users) gets the shape train.py and
+    the loop read from conf/lora/default.yaml: the two are kept in step by hand, so this checks it."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from autodidact.settings import LoRAConfig
+
+    shipped = OmegaConf.to_container(OmegaConf.load(CONF / "lora" / "default.yaml"))
+    assert dataclasses.asdict(LoRAConfig()) == shipped
