@@ -14,7 +14,11 @@ on, not the router's data) with answer dissonance off, and for each subject:
 2. puts to that skill (the threshold only ever judges a skill the router picked, so the skill is
    chosen here directly) the question and its people-typed rephrasings (a right answer should be
    given: confidence above the threshold), then the subject's *second* question and its rephrasings
-   (the skill never learned that fact: a wrong answer should be caught: confidence below it).
+   (the skill never learned that fact: a wrong answer should be caught: confidence below it);
+3. learns the second fact through the loop (``--no-joins`` skips this), and where it joined the
+   subject's skill, puts both facts' questions to the joined skill: a skill holding two facts answers
+   each less surely, and without these points the fit placed its cut above right answers that
+   two-fact skills give (README "Many facts per subject").
 
 Every answer is a labelled point (lowest token probability; answer right or not; whether the router,
 asked the same question, picked that skill). The threshold is the cut that maximises right answers
@@ -78,6 +82,19 @@ def deployment_weights(points: list[dict]) -> tuple[float, float]:
     return r / (r + w), w / (r + w)
 
 
+def ask_skill(bot, skill: str, fact: dict, kind: str) -> list[dict]:
+    """A fact's question and rephrasings put to ``skill`` directly: one labelled point each."""
+    points = []
+    for q in [fact["question"], *(r["question"] for r in fact["rephrasings"])]:
+        routed = bot.detector.selected(bot.router.route(q)) == skill
+        ans = bot._answer(skill, q)
+        ok = answer_is_correct(ans.text, fact["answer"])
+        points.append({"query": q, "kind": kind, "skill": skill, "answer": ans.text, "right": ok,
+                       "confidence": round(ans.min_prob, 4), "routed": routed})
+        print(f"  [{kind}] {q!r} -> {ans.text!r} right={ok} p={ans.min_prob:.4f} routed={routed}", file=sys.stderr)
+    return points
+
+
 def write_threshold(value: float, note: str) -> None:
     text = CONF.read_text("utf-8")
     new, n = re.subn(r"^answer_threshold: .*$", f"answer_threshold: {value}  # {note}", text, flags=re.M)
@@ -94,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--write", action="store_true",
                     help="write the fitted value into conf/router/default.yaml (the shipped value is a prior: README)")
+    ap.add_argument("--no-joins", dest="joins", action="store_false",
+                    help="skip learning each second fact into its subject's skill (the two-fact points)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.lr=2e-3")
     args = ap.parse_args(argv)
     raw = json.loads(args.pack.read_text("utf-8"))
@@ -120,14 +139,19 @@ def main(argv: list[str] | None = None) -> int:
             # question is put to the subject's skill directly: the first fact's question and rephrasings
             # (it learned them) and the second fact's (it did not).
             for fact, kind in ((s, "learned"), (s["second"], "second_fact")):
-                for q in [fact["question"], *(r["question"] for r in fact["rephrasings"])]:
-                    routed = bot.detector.selected(bot.router.route(q)) == skill
-                    ans = bot._answer(skill, q)
-                    ok = answer_is_correct(ans.text, fact["answer"])
-                    points.append({"query": q, "kind": kind, "skill": skill, "answer": ans.text, "right": ok,
-                                   "confidence": round(ans.min_prob, 4), "routed": routed})
-                    print(f"  [{kind}] {q!r} -> {ans.text!r} right={ok} p={ans.min_prob:.4f} routed={routed}",
-                          file=sys.stderr)
+                points += ask_skill(bot, skill, fact, kind)
+            if not args.joins:
+                continue
+            # A skill that holds two facts answers each less surely than a one-fact skill (the points
+            # the one-fact design lacked): the second fact is learned through the loop, and where it
+            # joined this skill, both facts' questions are put to the joined skill.
+            second = bot.ask(s["second"]["question"])
+            print(f"  second fact {s['second']['question']!r}: learned={second['learned']} "
+                  f"joined={second.get('joined')}", file=sys.stderr)
+            if second.get("joined") != skill or skill not in bot.manager.skills:
+                continue
+            for fact, kind in ((s, "joined_first"), (s["second"], "joined_second")):
+                points += ask_skill(bot, skill, fact, kind)
     finally:
         from autodidact.evolve_loop import close_autodidact
 
@@ -150,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
               "routed_right": sum(p["routed"] for p in points if p["right"]),
               "routed_wrong": sum(p["routed"] for p in points if not p["right"]),
               "n_right": sum(ok for _, ok in pts), "n_wrong": sum(not ok for _, ok in pts),
+              "by_kind": {k: {"n": sum(p["kind"] == k for p in points),
+                              "right": sum(p["right"] for p in points if p["kind"] == k)}
+                          for k in dict.fromkeys(p["kind"] for p in points)},
               "seconds": round(time.perf_counter() - t0, 1), "points": points}
     (run_dir / "answer_threshold.json").write_text(json.dumps(report, indent=1), "utf-8")
     if args.write:

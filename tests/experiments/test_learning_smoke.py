@@ -114,7 +114,7 @@ def test_fit_answer_threshold_trains_on_the_dev_pack_and_labels_skill_answers(tm
     # either way each point is an answer a skill gave, labelled against the pack's answer.
     assert rc in (0, 1)
     for p in report["points"]:
-        assert p["skill"] is not None and p["kind"] in ("learned", "second_fact") and 0.0 <= p["confidence"] <= 1.0
+        assert p["skill"] is not None and p["kind"] in ("learned", "second_fact", "joined_first", "joined_second") and 0.0 <= p["confidence"] <= 1.0
         assert isinstance(p["routed"], bool) and isinstance(p["right"], bool)
     if rc == 0:
         assert 0.0 <= report["answer_threshold"] < 1.0 and report["n_right"] > 0 and report["n_wrong"] > 0
