@@ -111,16 +111,17 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 
 # -- loss ----------------------------------------------------------------------------------------
-_MM_HEAD_MAX_ROWS = 256  # above ~250 rows F.linear was as fast or faster (measured up to 384)
+_MM_HEAD_MAX_ROWS = 80  # from ~96 rows up F.linear was as fast or faster (measured 8..384)
 
 
 def project(head: nn.Module, h: torch.Tensor) -> torch.Tensor:
     """``head(h)`` on the (N, C) rows of labelled positions: (N, V) logits, the same values.
 
-    On the CPU a bias-free ``nn.Linear`` head over a few dozen rows is applied as ``(W @ h.T).T``:
-    MKL's kernel for that operand order ran the vocabulary projection's forward and backward in
-    0.70-0.86x the time of ``F.linear``'s ``h @ W.T`` for N = 8..96 rows (V 49k, C 576, 2 threads;
-    a training step has ~50), but 1.10x at 384, hence the bound. README "Performance" has the run.
+    On the CPU a bias-free ``nn.Linear`` head over a few dozen rows is applied as ``(W @ h.T).T``.
+    With the loss's cross-entropy and argmax included, MKL's kernel for that operand order made the
+    vocabulary projection's forward and backward 0.85-0.89x as long as ``F.linear``'s ``h @ W.T`` for
+    32-64 rows (V 49k, C 576, 2 threads; a training step has ~50), 0.97x at 96 and 1.12x at 128 (the
+    transposed logits make the argmax and softmax stride), hence the bound. ``bench_flops`` times both.
     """
     if (type(head) is nn.Linear and head.bias is None and h.dim() == 2 and h.device.type == "cpu"
             and h.shape[0] <= _MM_HEAD_MAX_ROWS):
