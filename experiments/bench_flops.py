@@ -66,32 +66,6 @@ def gemm_rate(shapes: list[tuple[int, int]], m: int, dtype, seconds: float = 0.6
     return total_flops / total_s / 1e9
 
 
-def head_orders(weight, rows=(16, 48, 96, 192), reps: int = 15) -> list[dict]:
-    """The vocabulary head over N labelled rows as the loss uses it (forward, cross-entropy, argmax,
-    backward), applied both ways: ``F.linear(h, W)`` (h @ W.T) and ``(W @ h.T).T``
-    (``lora_trainer.project`` below its row bound), interleaved; medians."""
-    import torch
-    import torch.nn.functional as F
-
-    w = weight.detach()
-    ways = {"F.linear": lambda h: F.linear(h, w), "(W @ h.T).T": lambda h: torch.mm(w, h.t()).t()}
-    out = []
-    for n in rows:
-        times: dict[str, list[float]] = {k: [] for k in ways}
-        for _ in range(reps + 2):
-            for k, f in ways.items():
-                h = torch.randn(n, w.shape[1], requires_grad=True)
-                y = torch.randint(0, w.shape[0], (n,))
-                t0 = time.perf_counter()
-                logits = f(h)
-                F.cross_entropy(logits, y).backward()
-                logits.detach().argmax(-1)
-                times[k].append(time.perf_counter() - t0)
-        ms = {k: round(median(v[2:]) * 1e3, 1) for k, v in times.items()}  # first two: warm-up
-        out.append({"rows": n, "ms": ms, "ratio": round(ms["(W @ h.T).T"] / ms["F.linear"], 2)})
-    return out
-
-
 GEMM_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addmv", "aten::mv",
                       "aten::_mkl_linear", "mkl::_mkl_linear", "aten::mkldnn_linear"})
 OPTIMIZER_UPDATE = "optimizer: AdamW update"
@@ -232,7 +206,6 @@ def main(argv: list[str] | None = None) -> dict:
     shapes = linear_shapes(model)
     fp32 = gemm_rate(shapes + [(c, v)], m, torch.float32)
     bf16 = gemm_rate(shapes + [(c, v)], m, torch.bfloat16)
-    heads = head_orders(head)
     total = sum(spent.values())
     achieved = total / fit_s / 1e9
     peak = bf16 if "bf16" in precision else fp32
@@ -246,7 +219,6 @@ def main(argv: list[str] | None = None) -> dict:
         "gflops_achieved": round(achieved, 1), "gemm_gflops_fp32": round(fp32, 1), "gemm_gflops_bf16": round(bf16, 1),
         "fraction_of_peak": round(achieved / peak, 3),
         "params": {"per_layer": p_layer, "layers": n_layers, "head": v * c},
-        "head_orders": heads,
     }
     if split is not None:
         gemm_s = split[BUCKETS[0]]
@@ -269,9 +241,6 @@ def main(argv: list[str] | None = None) -> dict:
         [f"GEMM GFLOP/s at the model's shapes (M={m}): fp32 / bf16", f"{fp32:.1f} / {bf16:.1f}"],
         ["fraction of the rate for the precision used", f"{achieved / peak:.0%}"],
     ]))
-    print("The vocabulary head, forward+backward over N labelled rows, both operand orders (median ms):")
-    print(table(["rows", "F.linear", "(W @ h.T).T", "ratio"],
-                [[r["rows"], r["ms"]["F.linear"], r["ms"]["(W @ h.T).T"], r["ratio"]] for r in heads]))
     if split is not None:
         ts = res["time_split"]
         print(f"Where the time of fit() goes (a second, profiled fit: {ts['profiled_fit_s']} s, "

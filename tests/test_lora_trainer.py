@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
@@ -33,7 +32,6 @@ from autodidact.lora_trainer import (
     TrainConfig,
     TrainResult,
     answer_loss,
-    project,
 )
 from autodidact.models import ModelBundle, load_tiny
 
@@ -220,24 +218,6 @@ def test_answer_loss_matches_the_full_projection(mask_prompt: bool) -> None:
     else:
         assert int(sel.sum()) > n_answer
     assert exact.shape == (4,) and not exact.any()  # an untrained model reproduces no answer
-
-
-@pytest.mark.parametrize("rows", [1, 48, 200], ids=["one-row", "a-batch", "past-the-bound"])
-@pytest.mark.parametrize("bias", [False, True], ids=["bias-free", "with-bias"])
-def test_project_gives_the_heads_own_logits_and_gradients(rows: int, bias: bool) -> None:
-    torch.manual_seed(0)
-    head = nn.Linear(16, 97, bias=bias)
-    h = torch.randn(rows, 16, requires_grad=True)
-    y = torch.randint(0, 97, (rows,))
-    got = project(head, h)
-    F.cross_entropy(got, y).backward()
-    g_got, g_w = h.grad.clone(), head.weight.grad.clone()
-    h.grad, head.weight.grad = None, None
-    want = head(h)
-    F.cross_entropy(want, y).backward()
-    assert got.shape == (rows, 97)
-    assert torch.allclose(got, want, atol=1e-5)
-    assert torch.allclose(g_got, h.grad, atol=1e-6) and torch.allclose(g_w, head.weight.grad, atol=1e-6)
 
 
 def test_configure_optimizers_takes_only_the_trainable_lora_parameters() -> None:

@@ -111,24 +111,6 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 
 # -- loss ----------------------------------------------------------------------------------------
-_MM_HEAD_MAX_ROWS = 80  # from ~96 rows up F.linear was as fast or faster (measured 8..384)
-
-
-def project(head: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """``head(h)`` on the (N, C) rows of labelled positions: (N, V) logits, the same values.
-
-    On the CPU a bias-free ``nn.Linear`` head over a few dozen rows is applied as ``(W @ h.T).T``.
-    With the loss's cross-entropy and argmax included, MKL's kernel for that operand order made the
-    vocabulary projection's forward and backward 0.85-0.89x as long as ``F.linear``'s ``h @ W.T`` for
-    32-64 rows (V 49k, C 576, 2 threads; a training step has ~50), 0.97x at 96 and 1.12x at 128 (the
-    transposed logits make the argmax and softmax stride), hence the bound. ``bench_flops`` times both.
-    """
-    if (type(head) is nn.Linear and head.bias is None and h.dim() == 2 and h.device.type == "cpu"
-            and h.shape[0] <= _MM_HEAD_MAX_ROWS):
-        return torch.mm(head.weight, h.t()).t()
-    return head(h)
-
-
 def answer_loss(
     model: nn.Module, batch: dict[str, torch.Tensor], start_layer: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -145,10 +127,10 @@ def answer_loss(
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if start_layer > 0:
         hidden = forward_from_layer(model, batch["hidden"], mask, start_layer)  # (B, T, C)
-        logits = project(head, hidden[:, :-1][sel])  # (N, V)
+        logits = head(hidden[:, :-1][sel])  # (N, V)
     elif body is not None and head is not None and body is not model:
         hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, C)
-        logits = project(head, hidden[:, :-1][sel])  # (N, V): only where a label exists
+        logits = head(hidden[:, :-1][sel])  # (N, V): only where a label exists
     else:  # a model we cannot split: project every position, then select
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][sel]
     y = target[sel]

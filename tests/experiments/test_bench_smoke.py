@@ -42,8 +42,6 @@ def test_bench_flops(tmp_path: Path) -> None:
     assert r["gflop"]["train"] > 0 and r["gflop"]["eval"] > 0
     assert r["gflops_achieved"] > 0 and r["gemm_gflops_fp32"] > 0 and r["gemm_gflops_bf16"] > 0
     assert r["fraction_of_peak"] > 0
-    assert [h["rows"] for h in r["head_orders"]] == [16, 48, 96, 192]
-    assert all(h["ms"]["F.linear"] > 0 and h["ms"]["(W @ h.T).T"] > 0 and h["ratio"] > 0 for h in r["head_orders"])
     split = r["time_split"]
     assert split["profiled_steps"] == 2
     seconds = split["seconds"]
