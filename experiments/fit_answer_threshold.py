@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--write", action="store_true",
-                    help="write the fitted value into conf/router/default.yaml (the shipped value is a prior: README)")
+                    help="write the fitted value into conf/router/default.yaml (the shipped value is this fit on the dev pack: README)")
     ap.add_argument("--no-joins", dest="joins", action="store_false",
                     help="skip learning each second fact into its subject's skill (the two-fact points)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.lr=2e-3")

@@ -118,3 +118,4 @@ def test_fit_answer_threshold_trains_on_the_dev_pack_and_labels_skill_answers(tm
         assert isinstance(p["routed"], bool) and isinstance(p["right"], bool)
     if rc == 0:
         assert 0.0 <= report["answer_threshold"] < 1.0 and report["n_right"] > 0 and report["n_wrong"] > 0
+        assert sum(k["n"] for k in report["by_kind"].values()) == len(report["points"])

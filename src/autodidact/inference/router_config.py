@@ -20,8 +20,8 @@ class RouterConfig:
 
     threshold: float = 0.4
     """Below this best-skill probability the query is dissonant and becomes a learning event."""
-    # This and the four after ``weights`` are the values fitted into conf/router/default.yaml (a
-    # test keeps them equal).
+    # This and the four below (weights, bias, subject_weights, subject_bias) are the values fitted
+    # into conf/router/default.yaml (a test keeps them equal).
     answer_threshold: float = 0.076
     """Below this (the lowest token probability of the routed skill's greedy answer) the answer is
     weak: dissonance too, so a new fact about a learned subject is learned (0 turns it off)."""
