@@ -21,6 +21,20 @@ REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
 
+def shipped_lora(r: int | None = None):
+    """``conf/lora/default.yaml`` as a ``LoRAConfig`` (rank ``r`` if given): the adapter shape train.py
+    and the loop read, for benchmarks that build a trainer or a card without Hydra. Plain YAML (the
+    file has no interpolations), so the GPU script needs nothing beyond PyYAML to read it."""
+    import yaml
+
+    from autodidact.lora_trainer import LoRAConfig
+
+    d = yaml.safe_load((REPO / "conf" / "lora" / "default.yaml").read_text("utf-8"))
+    if r is not None:
+        d["r"] = r
+    return LoRAConfig(**d)
+
+
 def run_dir(name: str, out: str | None) -> Path:
     d = Path(out) if out else REPO / ".bench" / name / time.strftime("%Y%m%d-%H%M%S")
     d.mkdir(parents=True, exist_ok=True)

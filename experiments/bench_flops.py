@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import machine, median, pyplot, run_dir, save, table  # noqa: E402
+from bench_common import machine, median, pyplot, run_dir, save, shipped_lora, table  # noqa: E402
 
 
 def linear_shapes(model) -> list[tuple[int, int]]:
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import autodidact.lora_trainer as lt
     from autodidact.data import load_pairs
-    from autodidact.lora_trainer import LoRAConfig, LoRATrainer, TrainConfig
+    from autodidact.lora_trainer import LoRATrainer, TrainConfig
     from autodidact.models import configure_threads, decoder_layers, load_model
     from autodidact.train_skill import example_data_path
 
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     from omegaconf import OmegaConf
 
     repo = Path(__file__).resolve().parents[1]
-    lora = LoRAConfig(**OmegaConf.to_container(OmegaConf.load(repo / "conf" / "lora" / "default.yaml")))
+    lora = shipped_lora()
     tcfg = OmegaConf.to_container(OmegaConf.load(repo / "conf" / "trainer" / "cpu.yaml"))
     tcfg.pop("seed", None)
     train = TrainConfig.of(**{**tcfg, "max_steps": a.max_steps, "progress_bar": False})

@@ -26,18 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import REPO, machine, percentile, pyplot, run_dir, save, table  # noqa: E402
-
-
-def shipped_lora(r: int | None = None):
-    from omegaconf import OmegaConf
-
-    from autodidact.lora_trainer import LoRAConfig
-
-    d = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "lora" / "default.yaml"))
-    if r is not None:
-        d["r"] = r
-    return LoRAConfig(**d)
+from bench_common import machine, percentile, pyplot, run_dir, save, shipped_lora, table  # noqa: E402
 
 
 def export_card(bundle, lora, path: Path, skill: str, routing: dict) -> Path:

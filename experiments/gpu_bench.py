@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import machine, pyplot, run_dir, save, table  # noqa: E402
+from bench_common import machine, pyplot, run_dir, save, shipped_lora, table  # noqa: E402
 
 QWEN25_05B = dict(  # Qwen/Qwen2.5-0.5B config.json, by hand
     hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
@@ -111,10 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
 
     import torch
-    import yaml
 
     from autodidact.data import load_pairs
-    from autodidact.lora_trainer import LoRAConfig
     from autodidact.models import ModelLoadError, configure_threads, load_model
 
     gpu = torch.cuda.is_available() and not a.smoke
@@ -125,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     info = machine()
     configure_threads(None)
     repo = Path(__file__).resolve().parents[1]
-    lora = LoRAConfig(**yaml.safe_load((repo / "conf" / "lora" / "default.yaml").read_text()))
+    lora = shipped_lora()
     pairs = load_pairs(repo / "src" / "autodidact" / "resources" / "example_qa.jsonl")
     steps = 3 if a.smoke else a.steps
 

@@ -45,7 +45,8 @@ TINY = ["model.threads=1", "lora=all_linear", "trainer.lr=0.01", "trainer.max_st
 # -- batched vs one at a time, in process -----------------------------------------------------------------
 def batch_compare(kind: str, rows_list: list[int], max_tokens: int) -> list[dict]:
     import torch
-    from bench_hotload import export_card, shipped_lora
+    from bench_common import shipped_lora
+    from bench_hotload import export_card
 
     from autodidact.data import end_of_turn_id, prompt_ids
     from autodidact.lora_manager import LoRAManager

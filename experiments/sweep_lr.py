@@ -40,7 +40,7 @@ def lora_shape(spec: str):
     from autodidact.lora_trainer import LoRAConfig
 
     if spec == DEFAULT_LORA:
-        from bench_hotload import shipped_lora
+        from bench_common import shipped_lora
 
         return shipped_lora()
     top, _, modules = spec.partition(":")
