@@ -119,3 +119,17 @@ def test_fit_answer_threshold_trains_on_the_dev_pack_and_labels_skill_answers(tm
     if rc == 0:
         assert 0.0 <= report["answer_threshold"] < 1.0 and report["n_right"] > 0 and report["n_wrong"] > 0
         assert sum(k["n"] for k in report["by_kind"].values()) == len(report["points"])
+
+
+def test_judge_paraphrase_scores_every_dev_pair_and_writes_its_auroc(tmp_path):
+    import judge_paraphrase
+
+    assert judge_paraphrase.main(["--model", "tiny", "--subjects", "2", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["split"] == "dev"
+    rows = report["pairs"]
+    assert {r["kind"] for r in rows} == {"rephrasing", "second fact", "look-alike"}
+    assert all(isinstance(r["chat"], float) and isinstance(r["fewshot"], float) for r in rows)
+    for s in report["summary"]:
+        assert s["pairs"] == len(rows) and 0 < s["positives"] < len(rows) and 0.0 <= s["auroc"] <= 1.0
+    assert (tmp_path / "judge_paraphrase.png").stat().st_size > 1000
