@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import machine, median, pyplot, run_dir, save, shipped_lora, table  # noqa: E402
+from bench_common import REPO, machine, median, pyplot, run_dir, save, shipped_lora, table  # noqa: E402
 
 
 def linear_shapes(model) -> list[tuple[int, int]]:
@@ -137,9 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from omegaconf import OmegaConf
 
-    repo = Path(__file__).resolve().parents[1]
     lora = shipped_lora()
-    tcfg = OmegaConf.to_container(OmegaConf.load(repo / "conf" / "trainer" / "cpu.yaml"))
+    tcfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "trainer" / "cpu.yaml"))
     tcfg.pop("seed", None)
     train = TrainConfig.of(**{**tcfg, "max_steps": a.max_steps, "progress_bar": False})
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import machine, pyplot, run_dir, save, shipped_lora, table  # noqa: E402
+from bench_common import REPO, machine, pyplot, run_dir, save, shipped_lora, table  # noqa: E402
 
 QWEN25_05B = dict(  # Qwen/Qwen2.5-0.5B config.json, by hand
     hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
@@ -122,9 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = run_dir("gpu_bench", a.out)
     info = machine()
     configure_threads(None)
-    repo = Path(__file__).resolve().parents[1]
     lora = shipped_lora()
-    pairs = load_pairs(repo / "src" / "autodidact" / "resources" / "example_qa.jsonl")
+    pairs = load_pairs(REPO / "src" / "autodidact" / "resources" / "example_qa.jsonl")
     steps = 3 if a.smoke else a.steps
 
     results: dict = {"machine": info, "smoke": a.smoke, "lora": {"r": lora.r, "targets": lora.target_modules,
