@@ -13,8 +13,8 @@ For each dev subject the installed skill is its first fact (training questions a
 Positives are that fact's people-typed rephrasings; negatives are the subject's other facts (question
 and two rephrasings each) and its look-alikes. Each query is paired with the skill's training question
 closest in wording (difflib ratio), and scored by the model's next-token log P(yes) - log P(no) after
-the prompt (``chat``: one user turn in the chat template; ``fewshot``: four worked examples about
-subjects in no data file, plain text). Prints AUROC (torchmetrics) per prompt; writes
+the prompt (``chat``: one user turn, built as every skill is prompted, ``data.prompt_ids``;
+``fewshot``: four worked examples about subjects in no data file, plain text). Prints AUROC (torchmetrics) per prompt; writes
 ``results.json`` (every pair and its score) and ``judge_paraphrase.png`` (scores by kind).
 """
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,8 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "experiments"))
 from bench_common import pyplot, run_dir, save, table  # noqa: E402
-
-DEV = ROOT / "experiments" / "data" / "routing" / "dev.json"
 
 CHAT = "Question A: {a}\nQuestion B: {b}\nDo question A and question B ask for the same information? Answer Yes or No."
 FEWSHOT = (
@@ -76,13 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import torch
+    from calibrate_router import load_split
     from torchmetrics.classification import BinaryAUROC
 
+    from autodidact.data import prompt_ids
     from autodidact.models import configure_threads, load_model
 
     configure_threads(None)
     out = run_dir("judge_paraphrase", args.out)
-    subjects = json.loads(DEV.read_text("utf-8"))["subjects"][: args.subjects]
+    subjects = load_split("dev")["subjects"][: args.subjects]
     rows = pairs(subjects)
     bundle = load_model(args.model)
     model, tok = bundle.model.eval(), bundle.tokenizer
@@ -91,12 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     @torch.no_grad()
     def score(prompt: str, a: str, b: str) -> float:
         if prompt == "chat":
-            ids = tok.apply_chat_template([{"role": "user", "content": CHAT.format(a=a, b=b)}],
-                                          add_generation_prompt=True, tokenize=True)
-            ids = ids["input_ids"] if hasattr(ids, "keys") else ids  # a BatchEncoding in transformers 5
+            ids = prompt_ids(tok, CHAT.format(a=a, b=b))
         else:
             ids = tok(FEWSHOT.format(a=a, b=b))["input_ids"]
-        logp = model(torch.tensor([list(ids)])).logits[0, -1].float().log_softmax(-1)
+        logp = model(torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)
         return (torch.logsumexp(logp[yes], 0) - torch.logsumexp(logp[no], 0)).item()
 
     summary = []
