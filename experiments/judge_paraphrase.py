@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subjects", type=int, default=None, help="first N dev subjects (default: all)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.subjects is not None and args.subjects < 1:
+        ap.error(f"--subjects {args.subjects}: give at least 1 (or leave it out for all dev subjects)")
 
     import torch
     from calibrate_router import load_split

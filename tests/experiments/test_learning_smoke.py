@@ -133,3 +133,5 @@ def test_judge_paraphrase_scores_every_dev_pair_and_writes_its_auroc(tmp_path):
     for s in report["summary"]:
         assert s["pairs"] == len(rows) and 0 < s["positives"] < len(rows) and 0.0 <= s["auroc"] <= 1.0
     assert (tmp_path / "judge_paraphrase.png").stat().st_size > 1000
+    with pytest.raises(SystemExit):  # no subjects would leave nothing to score: refused up front
+        judge_paraphrase.main(["--model", "tiny", "--subjects", "0", "--out", str(tmp_path / "none")])
